@@ -1,0 +1,29 @@
+"""mmlens: the TransformerLens of multimodal LLMs."""
+
+from mmlens.errors import (
+    BoxOutsideImageError,
+    EmptyTokenGroupError,
+    ImageTokenMismatchError,
+    LayerOutOfRangeError,
+    MissingImageSlotError,
+    MMLensError,
+    UnknownHookError,
+    UnknownNameError,
+    UnsupportedArchitectureError,
+)
+from mmlens.models.decoder import HookedDecoder
+from mmlens.models.vlm import HookedVLM
+
+__all__ = [
+    "BoxOutsideImageError",
+    "EmptyTokenGroupError",
+    "HookedDecoder",
+    "HookedVLM",
+    "ImageTokenMismatchError",
+    "LayerOutOfRangeError",
+    "MMLensError",
+    "MissingImageSlotError",
+    "UnknownHookError",
+    "UnknownNameError",
+    "UnsupportedArchitectureError",
+]

@@ -1,0 +1,61 @@
+"""LLaVA-1.5 style checkpoints: ``LlavaForConditionalGeneration``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmlens.adapters.registry import (
+    DECODER_ADAPTERS,
+    VISION_ADAPTERS,
+    VLM_ADAPTERS,
+    StateDict,
+    lookup,
+    register,
+    reject,
+    select,
+)
+from mmlens.config import ProjectorConfig, VLMConfig
+from mmlens.models.vision_encoder import feature_indices
+
+
+@register(VLM_ADAPTERS, "LlavaForConditionalGeneration")
+class LlavaAdapter:
+    """Vision tower + two-layer projector + decoder, image features scattered into placeholders."""
+
+    def config(self, hf_config: Any) -> VLMConfig:
+        reject(hf_config, {"vision_feature_select_strategy": lambda v: v in ("default", "full")}, "llava")
+        layers = hf_config.vision_feature_layer
+        layers = (layers,) if isinstance(layers, int) else tuple(layers)
+        vc = hf_config.vision_config
+        n_needed = max(feature_indices(layers, vc.num_hidden_layers))
+        vision = lookup(VISION_ADAPTERS, vc.model_type, "vision tower").config(vc, n_layers=n_needed)
+        decoder = lookup(DECODER_ADAPTERS, hf_config.text_config.model_type, "decoder").config(hf_config.text_config)
+        projector = ProjectorConfig(
+            d_in=vision.d_model * len(layers),
+            d_out=decoder.d_model,
+            act_fn=hf_config.projector_hidden_act,
+            bias=bool(getattr(hf_config, "multimodal_projector_bias", True)),
+        )
+        return VLMConfig(
+            decoder=decoder,
+            vision=vision,
+            projector=projector,
+            vision_feature_layer=layers,
+            vision_feature_select_strategy=hf_config.vision_feature_select_strategy,
+            image_token_index=hf_config.image_token_id,
+            architecture="LlavaForConditionalGeneration",
+        )
+
+    def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:
+        text = select(hf_state, "model.language_model.")
+        if "lm_head.weight" in hf_state:
+            text["lm_head.weight"] = hf_state["lm_head.weight"]
+        out = lookup(DECODER_ADAPTERS, cfg.decoder.family, "decoder").weights(text, cfg.decoder)
+        vision = select(hf_state, "model.vision_tower.")
+        out |= lookup(VISION_ADAPTERS, f"{cfg.vision.family}_vision_model", "vision tower").weights(vision, cfg.vision)
+        for i in (1, 2):
+            for p in ("weight", "bias"):
+                key = f"model.multi_modal_projector.linear_{i}.{p}"
+                if key in hf_state:
+                    out[f"vision_projector.linear_{i}.{p}"] = hf_state[key]
+        return out

@@ -1,0 +1,132 @@
+"""HookedVLM: vision encoder → projector → merge into the prompt → hooked decoder."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mmlens.components.projector import Projector
+from mmlens.config import VLMConfig
+from mmlens.errors import ImageTokenMismatchError
+from mmlens.hooks import HookPoint
+from mmlens.models.decoder import HookedDecoder, KVCache
+from mmlens.models.vision_encoder import HookedVisionEncoder
+
+if TYPE_CHECKING:
+    from mmlens.inputs import MMInputs
+
+
+class HookedVLM(HookedDecoder):
+    """A LLaVA-style vision-language model with TransformerLens hooks on all three towers.
+
+    Decoder hooks carry TransformerLens' names verbatim (``blocks.3.attn.hook_pattern``); the
+    vision tower's are prefixed ``vision_encoder.``, the projector's ``vision_projector.``; the
+    joins are ``vision_encoder.hook_features``, ``hook_image_embed`` and ``hook_merged_embed``.
+
+    Example:
+        >>> model = HookedVLM.from_pretrained("shapes-llava")  # doctest: +SKIP
+        >>> inputs = model.prepare(image, "Is the circle red or blue?")  # doctest: +SKIP
+        >>> logits, cache = model.run_with_cache(inputs)  # doctest: +SKIP
+        >>> cache["pattern", 3].shape  # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: VLMConfig, processor: Any = None):
+        super().__init__(cfg.decoder, setup=False)
+        self.vlm_cfg = cfg
+        self.processor = processor
+        self.vision_encoder = HookedVisionEncoder(
+            cfg.vision, cfg.vision_feature_layer, cfg.vision_feature_select_strategy
+        )
+        self.vision_projector = Projector(cfg.projector)
+        self.hook_image_embed = HookPoint()  # [n_img, n_patch, d_model]
+        self.hook_merged_embed = HookPoint()  # [batch, pos, d_model]
+        self.setup()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_model: Any,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        processor: Any = None,
+    ) -> HookedVLM:
+        """Load a checkpoint in Hugging Face format.
+
+        Args:
+            path_or_model: A registered name (``"shapes-llava"``), a local directory in Hugging
+                Face format, or an already-loaded ``transformers`` model.
+            dtype: Parameter dtype (fp32, bf16 or fp16).
+            device: Where the model lives.
+            processor: The processor to use for :meth:`prepare`; loaded from the directory when
+                omitted and present there.
+
+        Raises:
+            UnsupportedArchitectureError: no adapter handles the checkpoint's architecture or
+                config options.
+        """
+        from mmlens.adapters import load_checkpoint
+
+        cfg, state_dict, found_processor = load_checkpoint(path_or_model, dtype=dtype)
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        model.rotary.inv_freq = torch.tensor(cfg.decoder.rotary_inv_freq, dtype=torch.float32)
+        model.processor = processor if processor is not None else found_processor
+        return model.to(device).eval()
+
+    def embed_images(self, pixel_values: Float[Tensor, "n_img 3 height width"]) -> Float[Tensor, "n_img n_patch d_model"]:
+        """Vision encoder and projector: the embeddings that replace the image placeholders."""
+        features = self.vision_encoder(pixel_values)
+        return self.hook_image_embed(self.vision_projector(features))
+
+    def merge(
+        self, input_ids: Int[Tensor, "batch pos"], pixel_values: Tensor | None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Token embeddings with image embeddings written into the image-placeholder slots."""
+        embeds = self.hook_embed(self.embed(input_ids))
+        slots = input_ids == self.vlm_cfg.image_token_index
+        n_slots = int(slots.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise ImageTokenMismatchError(
+                    f"the prompt has {n_slots} image tokens but no pixel_values were given: pass the "
+                    "images (model.prepare(images, text) does both)."
+                )
+            return self.hook_merged_embed(embeds)
+        image_embeds = self.embed_images(pixel_values)
+        if n_slots != image_embeds.shape[0] * image_embeds.shape[1]:
+            raise ImageTokenMismatchError(
+                f"the prompt has {n_slots} image tokens but {image_embeds.shape[0]} image(s) give "
+                f"{image_embeds.shape[0]} x {image_embeds.shape[1]} = "
+                f"{image_embeds.shape[0] * image_embeds.shape[1]} features: each image needs exactly "
+                f"{image_embeds.shape[1]} image tokens (id {self.vlm_cfg.image_token_index}); build "
+                "prompts with model.prepare() or the checkpoint's processor."
+            )
+        merged = embeds.masked_scatter(slots[..., None], image_embeds.to(embeds.dtype))
+        return self.hook_merged_embed(merged)
+
+    def forward(
+        self,
+        inputs: MMInputs | Int[Tensor, "batch pos"] | None = None,
+        pixel_values: Float[Tensor, "n_img 3 height width"] | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        *,
+        input_ids: Int[Tensor, "batch pos"] | None = None,
+        position_ids: Int[Tensor, "batch pos"] | None = None,
+        cache: KVCache | None = None,
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits ``[batch, pos, d_vocab]``.
+
+        Accepts ``model(inputs)`` with :class:`~mmlens.inputs.MMInputs` from :meth:`prepare`, or
+        ``model(input_ids=..., pixel_values=..., attention_mask=...)``.
+        """
+        if inputs is not None and not isinstance(inputs, Tensor):
+            input_ids, pixel_values, attention_mask = inputs.input_ids, inputs.pixel_values, inputs.attention_mask
+        elif inputs is not None:
+            input_ids = inputs
+        resid = self.merge(input_ids, pixel_values)
+        return self.decode_blocks(resid, attention_mask, position_ids, cache)

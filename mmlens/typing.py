@@ -1,0 +1,32 @@
+"""jaxtyping aliases and the dimension glossary used across mmlens.
+
+Dimension names:
+    batch:      prompts in a batch.
+    pos:        positions of the merged decoder sequence (text + image slots).
+    query_pos:  attention rows (receiving positions).
+    key_pos:    attention columns (source positions).
+    head_index: attention heads; ``kv_head`` for grouped key/value heads.
+    d_model:    residual-stream width of the tower at hand.
+    d_head:     width of one attention head.
+    d_mlp:      MLP hidden width.
+    d_vocab:    vocabulary size.
+    v_pos:      positions of the vision-encoder sequence (CLS + patches, or patches only).
+    n_img:      images in a batch.
+    n_patch:    image positions per image fed to the decoder.
+    grid_h, grid_w: patch grid of one image view.
+    layer:      a stack over layers.
+"""
+
+from __future__ import annotations
+
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+Logits = Float[Tensor, "batch pos d_vocab"]
+Residual = Float[Tensor, "batch pos d_model"]
+TokenIds = Int[Tensor, "batch pos"]
+PosMask = Bool[Tensor, "batch pos"]
+Pattern = Float[Tensor, "batch head_index query_pos key_pos"]
+PixelValues = Float[Tensor, "n_img 3 height width"]
+
+__all__ = ["Bool", "Float", "Int", "Logits", "PixelValues", "Pattern", "PosMask", "Residual", "Tensor", "TokenIds"]

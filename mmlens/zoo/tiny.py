@@ -1,0 +1,100 @@
+"""Tiny random LLaVA checkpoints in Hugging Face format, for tests, demos and benchmarks.
+
+Built from ``transformers`` config classes with random weights, so parity tests compare mmlens
+against the real Hugging Face implementation without downloading anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+DECODER_CONFIGS = {
+    "llama": transformers.LlamaConfig,
+    "mistral": transformers.MistralConfig,
+    "qwen2": transformers.Qwen2Config,
+}
+VISION_CONFIGS = {
+    "clip": transformers.CLIPVisionConfig,
+    "siglip": transformers.SiglipVisionConfig,
+}
+
+
+def tiny_llava_config(
+    decoder: str = "llama",
+    vision: str = "clip",
+    *,
+    vocab_size: int = 128,
+    d_model: int = 64,
+    n_layers: int = 3,
+    n_heads: int = 4,
+    n_kv_heads: int | None = None,
+    d_mlp: int = 128,
+    vision_d_model: int = 48,
+    vision_layers: int = 3,
+    vision_heads: int = 4,
+    image_size: int = 32,
+    patch_size: int = 8,
+    vision_feature_layer: int | list[int] = -2,
+    select_strategy: str = "default",
+    image_token_index: int | None = None,
+    tie_word_embeddings: bool = False,
+    **decoder_kwargs: Any,
+) -> transformers.LlavaConfig:
+    """A ``LlavaConfig`` small enough to run in milliseconds on a CPU."""
+    text = DECODER_CONFIGS[decoder](
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads or n_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=tie_word_embeddings,
+        **decoder_kwargs,
+    )
+    vis = VISION_CONFIGS[vision](
+        hidden_size=vision_d_model,
+        intermediate_size=2 * vision_d_model,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    n_tokens = (image_size // patch_size) ** 2 + int(vision == "clip") - int(select_strategy == "default")
+    return transformers.LlavaConfig(
+        vision_config=vis,
+        text_config=text,
+        image_token_index=vocab_size - 1 if image_token_index is None else image_token_index,
+        image_seq_length=n_tokens,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=select_strategy,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
+def tiny_llava(config: transformers.LlavaConfig, seed: int = 0) -> transformers.LlavaForConditionalGeneration:
+    """A randomly initialised model; weights are rescaled so activations are not vanishingly small."""
+    torch.manual_seed(seed)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2 and "embed" not in name:
+                p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim == 2 else 0.05)
+            elif p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+            elif p.ndim == 1:
+                p.normal_(0.0, 0.1)
+            else:
+                p.normal_(0.0, 1.0)
+    return model
+
+
+def save_tiny_checkpoint(directory: str | Path, config: transformers.LlavaConfig | None = None, seed: int = 0) -> Path:
+    """Write a tiny random checkpoint (config + safetensors) to ``directory`` and return it."""
+    directory = Path(directory)
+    tiny_llava(config or tiny_llava_config(), seed).save_pretrained(directory)
+    return directory
