@@ -133,6 +133,8 @@ class VLMConfig:
         vision_feature_select_strategy: ``"default"`` drops the CLS position, ``"full"`` keeps it.
         image_token_index: Token id of the image placeholder.
         architecture: Name of the Hugging Face class it was converted from.
+        eos_token_id: End-of-sequence token that stops generation (from the checkpoint).
+        pad_token_id: Token that fills finished rows during batched generation.
     """
 
     decoder: DecoderConfig
@@ -142,6 +144,8 @@ class VLMConfig:
     vision_feature_select_strategy: str = "default"
     image_token_index: int = 32000
     architecture: str = "LlavaForConditionalGeneration"
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property

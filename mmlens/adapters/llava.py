@@ -44,6 +44,8 @@ class LlavaAdapter:
             vision_feature_select_strategy=hf_config.vision_feature_select_strategy,
             image_token_index=hf_config.image_token_id,
             architecture="LlavaForConditionalGeneration",
+            eos_token_id=_first(getattr(hf_config.text_config, "eos_token_id", None)),
+            pad_token_id=_first(getattr(hf_config.text_config, "pad_token_id", None)),
         )
 
     def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:
@@ -59,3 +61,7 @@ class LlavaAdapter:
                 if key in hf_state:
                     out[f"vision_projector.linear_{i}.{p}"] = hf_state[key]
         return out
+
+
+def _first(token_id: int | list[int] | None) -> int | None:
+    return token_id[0] if isinstance(token_id, (list, tuple)) else token_id

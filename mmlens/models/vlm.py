@@ -78,20 +78,59 @@ class HookedVLM(HookedDecoder):
         model.processor = processor if processor is not None else found_processor
         return model.to(device).eval()
 
+    def generate(
+        self,
+        inputs: MMInputs | Int[Tensor, "batch pos"] | None = None,
+        max_new_tokens: int = 16,
+        *,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        fwd_hooks: list | tuple = (),
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> Int[Tensor, "batch pos_plus_new"]:
+        """Greedy decoding with a KV cache; returns the prompt followed by the new tokens.
+
+        Equal token for token to Hugging Face's greedy ``generate`` on the same checkpoint.
+        ``fwd_hooks`` are active during prefill and every decoding step. ``eos_token_id`` and
+        ``pad_token_id`` default to the checkpoint's.
+        """
+        from mmlens.models.generate import greedy_generate
+
+        if inputs is not None and not isinstance(inputs, Tensor):
+            input_ids, pixel_values, attention_mask = inputs.input_ids, inputs.pixel_values, inputs.attention_mask
+        elif inputs is not None:
+            input_ids = inputs
+        return greedy_generate(
+            self,
+            input_ids,
+            pixel_values,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            fwd_hooks=fwd_hooks,
+            eos_token_id=self.vlm_cfg.eos_token_id if eos_token_id is None else eos_token_id,
+            pad_token_id=self.vlm_cfg.pad_token_id if pad_token_id is None else pad_token_id,
+        )
+
     def embed_images(self, pixel_values: Float[Tensor, "n_img 3 height width"]) -> Float[Tensor, "n_img n_patch d_model"]:
         """Vision encoder and projector: the embeddings that replace the image placeholders."""
         features = self.vision_encoder(pixel_values)
         return self.hook_image_embed(self.vision_projector(features))
 
     def merge(
-        self, input_ids: Int[Tensor, "batch pos"], pixel_values: Tensor | None
+        self, input_ids: Int[Tensor, "batch pos"], pixel_values: Tensor | None, *, decoding: bool = False
     ) -> Float[Tensor, "batch pos d_model"]:
-        """Token embeddings with image embeddings written into the image-placeholder slots."""
+        """Token embeddings with image embeddings written into the image-placeholder slots.
+
+        ``decoding`` marks tokens generated after a prefill: the placeholder id is then an
+        ordinary token (as in Hugging Face), not a slot that needs an image.
+        """
         embeds = self.hook_embed(self.embed(input_ids))
         slots = input_ids == self.vlm_cfg.image_token_index
         n_slots = int(slots.sum())
         if pixel_values is None:
-            if n_slots:
+            if n_slots and not decoding:
                 raise ImageTokenMismatchError(
                     f"the prompt has {n_slots} image tokens but no pixel_values were given: pass the "
                     "images (model.prepare(images, text) does both)."
@@ -128,5 +167,5 @@ class HookedVLM(HookedDecoder):
             input_ids, pixel_values, attention_mask = inputs.input_ids, inputs.pixel_values, inputs.attention_mask
         elif inputs is not None:
             input_ids = inputs
-        resid = self.merge(input_ids, pixel_values)
+        resid = self.merge(input_ids, pixel_values, decoding=cache is not None and cache.length > 0)
         return self.decode_blocks(resid, attention_mask, position_ids, cache)

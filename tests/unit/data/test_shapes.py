@@ -171,7 +171,8 @@ def test_unknown_type_raises() -> None:
 
 
 def test_config_is_respected() -> None:
-    cfg = ShapesConfig(image_size=96, n_objects=(2, 2), size_range=(20, 30), background=(200, 200, 200))
+    grey = (200, 200, 200)
+    cfg = ShapesConfig(image_size=96, n_objects=(2, 2), size_range=(20, 30), background=grey)
     s = make_sample(4, "Exist", cfg)
     assert s.load_image().size == (96, 96) and len(s.meta["objects"]) == 2
     with pytest.raises(ValueError):

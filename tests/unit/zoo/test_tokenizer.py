@@ -33,7 +33,8 @@ def test_special_token_ids_and_bos(tokenizer: PreTrainedTokenizerFast) -> None:
     assert tokenizer.pad_token_id == 3 and tokenizer.padding_side == "left"
     ids = tokenizer("What colour is the square?")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id
-    assert tokenizer.convert_ids_to_tokens(ids[1:]) == ["What", "colour", "is", "the", "square", "?"]
+    words = ["What", "colour", "is", "the", "square", "?"]
+    assert tokenizer.convert_ids_to_tokens(ids[1:]) == words
 
 
 def test_case_sensitive_single_tokens(tokenizer: PreTrainedTokenizerFast) -> None:
@@ -96,7 +97,8 @@ def test_pixels_are_clip_normalised_without_resampling(tokenizer: PreTrainedToke
         images=[image], text=[PROMPT], return_tensors="pt"
     )
     raw = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
-    expected = (raw - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+    expected = (raw - mean) / std
     torch.testing.assert_close(out["pixel_values"][0], expected, rtol=0, atol=1e-5)
 
 
