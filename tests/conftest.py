@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from mmlens import HookedVLM
-from mmlens.zoo.tiny import tiny_llava, tiny_llava_config
+from mmlens.zoo.tiny import save_tiny_checkpoint, tiny_llava_config
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +24,7 @@ def checkpoint_factory(tmp_path_factory):
     def make(seed: int = 0, **kwargs) -> str:
         key = (seed, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
         if key not in made:
-            path = tmp_path_factory.mktemp("ckpt")
-            tiny_llava(tiny_llava_config(**kwargs), seed).save_pretrained(path)
+            path = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), tiny_llava_config(**kwargs), seed)
             made[key] = str(path)
         return made[key]
 
@@ -56,7 +55,7 @@ def make_batch(cfg, batch: int = 2, n_text: int = 10, pad: tuple[int, ...] = (),
     g = torch.Generator().manual_seed(seed)
     n_img = cfg.image_seq_length
     length = n_text + n_img
-    ids = torch.randint(0, cfg.image_token_index, (batch, length), generator=g)
+    ids = torch.randint(cfg.image_token_index + 1, cfg.decoder.d_vocab, (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
     for i in range(batch):
         p = pad[i] if i < len(pad) else 0

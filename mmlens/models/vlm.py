@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mmlens.components.projector import Projector
 from mmlens.config import VLMConfig
-from mmlens.errors import ImageTokenMismatchError
+from mmlens.errors import ImageTokenMismatchError, MMLensError
 from mmlens.hooks import HookPoint
 from mmlens.models.decoder import HookedDecoder, KVCache
 from mmlens.models.vision_encoder import HookedVisionEncoder
@@ -77,6 +77,22 @@ class HookedVLM(HookedDecoder):
         model.rotary.inv_freq = torch.tensor(cfg.decoder.rotary_inv_freq, dtype=torch.float32)
         model.processor = processor if processor is not None else found_processor
         return model.to(device).eval()
+
+    def prepare(self, images: Any, text: Any, *, template: Any = "vicuna_v1", mark: Any = None) -> MMInputs:
+        """Images and questions → :class:`~mmlens.inputs.MMInputs` (tensors, ``groups``, ``image_grid``).
+
+        Uses the checkpoint's own processor and tokenizer. Templates: ``"vicuna_v1"`` (LLaVA-1.5
+        with its system sentence, images padded to square with the processor's mean colour) and
+        ``"llava_hf"`` (short prompt, centre crop); ``template=None`` takes full prompts.
+        """
+        from mmlens.inputs import prepare
+
+        if self.processor is None:
+            raise MMLensError(
+                "this model has no processor: load it from a directory that holds one, or pass "
+                "processor=AutoProcessor.from_pretrained(...) to HookedVLM.from_pretrained."
+            )
+        return prepare(self.processor, self.vlm_cfg, images, text, template=template, mark=mark)
 
     def generate(
         self,

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import transformers
 
+IMAGE_TOKEN_ID = 4  # "<image>" in the zoo's word-level tokenizer
+
 DECODER_CONFIGS = {
     "llama": transformers.LlamaConfig,
     "mistral": transformers.MistralConfig,
@@ -68,7 +70,7 @@ def tiny_llava_config(
     return transformers.LlavaConfig(
         vision_config=vis,
         text_config=text,
-        image_token_index=vocab_size - 1 if image_token_index is None else image_token_index,
+        image_token_index=IMAGE_TOKEN_ID if image_token_index is None else image_token_index,
         image_seq_length=n_tokens,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=select_strategy,
@@ -94,7 +96,18 @@ def tiny_llava(config: transformers.LlavaConfig, seed: int = 0) -> transformers.
 
 
 def save_tiny_checkpoint(directory: str | Path, config: transformers.LlavaConfig | None = None, seed: int = 0) -> Path:
-    """Write a tiny random checkpoint (config + safetensors) to ``directory`` and return it."""
+    """Write a tiny random checkpoint (config + safetensors) to ``directory`` and return it.
+
+    CLIP checkpoints with the ``default`` strategy also get the zoo's word-level tokenizer and a
+    LLaVA processor (vocabulary of the shapes world), so ``model.prepare`` works on them.
+    """
+    from mmlens.data.shapes import VOCAB_WORDS
+    from mmlens.zoo.tokenizer import save_tokenizer_and_processor
+
     directory = Path(directory)
-    tiny_llava(config or tiny_llava_config(), seed).save_pretrained(directory)
+    config = config or tiny_llava_config()
+    tiny_llava(config, seed).save_pretrained(directory)
+    vc = config.vision_config
+    if vc.model_type == "clip_vision_model" and config.vision_feature_select_strategy == "default":
+        save_tokenizer_and_processor(directory, VOCAB_WORDS, vc.image_size, vc.patch_size)
     return directory
