@@ -23,7 +23,8 @@ class KVCache:
     """Keys/values of the positions seen so far, for incremental decoding.
 
     Attributes:
-        kv: Per layer ``(k, v)``, each ``[batch, key_pos, kv_head, d_head]`` (keys rotated).
+        kv: Per layer ``(k, v)``, each ``[batch, key_pos, kv_head, d_head]`` (keys rotated); None
+            for layers a partial run did not compute.
         key_valid: ``[batch, key_pos]``, False at padding.
         next_pos: ``[batch]`` rotary position of the next token of each row.
     """
@@ -125,11 +126,10 @@ class HookedDecoder(HookedRoot):
         key_valid = new_valid if past_len == 0 else torch.cat([cache.key_valid, new_valid], dim=1)
         mask = build_mask(key_valid, p, self.cfg.sliding_window)
         rotary = self.rotary(position_ids, resid.dtype)
-        new_kv = []
+        new_kv: list = [None] * self.cfg.n_layers
         for layer in range(start_layer, self.cfg.n_layers):
             past_kv = cache.kv[layer] if (cache is not None and past_len > 0) else None
-            resid, kv = self.blocks[layer](resid, mask, rotary, past_kv)
-            new_kv.append(kv)
+            resid, new_kv[layer] = self.blocks[layer](resid, mask, rotary, past_kv)
         if cache is not None:
             cache.kv = new_kv
             cache.key_valid = key_valid

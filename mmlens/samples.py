@@ -1,0 +1,39 @@
+"""Turn dataset :class:`~mmlens.data.sample.Sample` objects into model inputs with study groups."""
+
+from __future__ import annotations
+
+from mmlens.data.sample import Sample
+from mmlens.inputs import MMInputs
+
+
+def sample_inputs(model, sample: Sample, template: str = "vicuna_v1") -> MMInputs:
+    """Prepare one sample, adding the groups the papers' studies use.
+
+    Added groups: ``related`` (image patches overlapping any box of the objects the question
+    names), ``other`` (the remaining image positions; padding patches count as other), and
+    ``true_option`` / ``false_option`` when the options occur in the question text.
+    """
+    question = sample.question
+    mark = {}
+    for name, option in (("true_option", sample.true_option), ("false_option", sample.false_option)):
+        if option and option.lower() in question.lower():
+            start = question.lower().find(option.lower())
+            mark[name] = question[start : start + len(option)]
+    inputs = model.prepare(sample.load_image(), question, template=template, mark=mark)
+    image = inputs.groups["image"]
+    related = image & False
+    for box in sample.boxes.values():
+        related = related | inputs.patches_in_box(box)
+    groups = inputs.groups.with_groups(related=related, other=image & ~related)
+    return MMInputs(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, groups, inputs.image_grid, inputs.prompts)
+
+
+def greedy_answer(model, inputs: MMInputs, max_new_tokens: int = 4) -> str:
+    """The model's greedy answer, decoded and stripped (first batch row)."""
+    out = model.generate(inputs, max_new_tokens=max_new_tokens)
+    return model.processor.tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def is_correct(answer: str, gold: str) -> bool:
+    """The seed-002 filter: lower-cased, stripped exact match."""
+    return answer.strip().lower() == gold.strip().lower()
