@@ -153,6 +153,7 @@ def knockout_sweep(
                         p2 = torch.softmax(logits.float(), -1)[:, token].tolist()
                     p1 = float(p_clean[0, token])
                     for (c, w), q in zip(group, p2):
-                        rows.append((sample.id if sample else str(i), name, c, w.start, w.stop - 1, token, p1, q, (q - p1) / p1 * 100))
-    cols = ["sample", "flow", "layer", "window_start", "window_end", "token", "p_clean", "p_knockout", "relative_change"]
+                        sid, task = (sample.id, sample.task) if sample else (str(i), "")
+                        rows.append((sid, task, name, c, w.start, w.stop - 1, token, p1, q, (q - p1) / p1 * 100))
+    cols = ["sample", "task", "flow", "layer", "window_start", "window_end", "token", "p_clean", "p_knockout", "relative_change"]
     return KnockoutResult(pd.DataFrame(rows, columns=cols))

@@ -1,0 +1,32 @@
+"""``mmlens flow`` end to end on the tiny random model: files, figures, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from mmlens.cli import main
+
+
+def test_flow_study_writes_tables_figures_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLENS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "flow"
+    args = ["flow", "--model", "tiny-random", "--window", "3", "--out", str(out)]
+    assert main(args + ["--n", "2"]) == 0
+    first = pd.read_csv(out / "knockout.csv")
+    assert first["sample"].nunique() == 2 and set(first["flow"]) >= {"image->last", "related->question"}
+    assert main(args + ["--n", "3"]) == 0  # resumes: only the third sample is new
+    again = pd.read_csv(out / "knockout.csv")
+    assert again["sample"].nunique() == 3 and len(again) == len(first) * 3 // 2
+    assert len(json.loads((out / "done.json").read_text())) == 3
+    for name in ["lens.csv", "shares.csv", "knockout.png", "lens.png", "shares.png", "image_attention.png", "summary.md"]:
+        assert (out / name).stat().st_size > 0, name
+    shares = pd.read_csv(out / "shares.csv")
+    sums = shares.groupby(["sample", "layer"])["share"].sum()
+    assert ((sums - 1).abs() < 1e-4).all()
+
+
+def test_unknown_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["flow", "--model", "tiny-random", "--data", "gqa:/nowhere", "--out", str(tmp_path)]) == 2
+    assert "--data shapes" in capsys.readouterr().err
