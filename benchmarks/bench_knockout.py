@@ -10,11 +10,13 @@ Run: ``python -m benchmarks.bench_knockout [--quick] [--samples N] [--flow image
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 
 import torch
 
-from benchmarks.common import build, peak_rss_delta, prompt
+from benchmarks.common import build, peak_rss_growth, prompt
 from mmlens import HookedVLM
 from mmlens.analysis import PAPER_FLOWS, attention_share, knockout_sweep
 from mmlens.inputs import ImageGrid, MMInputs
@@ -43,10 +45,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--flow", default="image->last", choices=list(PAPER_FLOWS))
     parser.add_argument("--window", type=int, default=9)
+    parser.add_argument("--memory-probe", choices=["share", "cache"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     hf = build(args.quick).eval()
     model = HookedVLM.from_pretrained(hf)
+    if args.memory_probe:  # one measurement in a fresh process
+        inputs = random_inputs(hf.config, 0)
+        model(inputs)  # warm-up: allocations common to both
+        if args.memory_probe == "share":
+            print(peak_rss_growth(lambda: attention_share(model, inputs)))
+        else:
+            print(peak_rss_growth(lambda: model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern"))))
+        return
     samples = [random_inputs(hf.config, seed) for seed in range(args.samples)]
     L = model.cfg.n_layers
     src, dst = PAPER_FLOWS[args.flow]
@@ -71,10 +82,12 @@ def main() -> None:
     print(f"knockout_sweep:           {t_fast:7.1f} s   speed-up {t_naive / t_fast:.1f}x (target >= 2x)")
     print(f"max |p_knockout difference| = {worst:.2e}")
 
-    inputs = samples[0]
-    share_mem = peak_rss_delta(lambda: attention_share(model, inputs))
-    cache_mem = peak_rss_delta(lambda: model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern")))
-    print(f"peak memory attention_share: +{share_mem:.0f} MiB; caching all patterns: +{cache_mem:.0f} MiB")
+    mem = {}
+    for probe in ("share", "cache"):
+        cmd = [sys.executable, "-m", "benchmarks.bench_knockout", "--memory-probe", probe] + (["--quick"] if args.quick else [])
+        mem[probe] = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[-1])
+    print(f"peak memory above a plain forward: attention_share +{mem['share']:.0f} MiB; "
+          f"caching every pattern +{mem['cache']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import statistics
 import threading
 import time
@@ -74,3 +75,14 @@ def peak_rss_delta(fn: Callable[[], object], interval: float = 0.002) -> float:
         done.set()
         t.join()
     return (max(peak, proc.memory_info().rss) - base) / 2**20
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> float:
+    """Growth of the process's peak resident memory (MiB) while ``fn`` runs.
+
+    Exact only for the first big call of a fresh process (the peak never goes down): the
+    benchmarks call it in a subprocess per measurement.
+    """
+    before = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, psutil.Process().memory_info().rss / 1024)
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024

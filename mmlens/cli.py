@@ -36,6 +36,79 @@ def _flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup(args: argparse.Namespace):
+    from pathlib import Path
+
+    from mmlens import HookedVLM
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return HookedVLM.from_pretrained(args.model), load_samples(args.data, args.n, args.types, args.seed), out
+
+
+def _saliency(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from mmlens.analysis import saliency
+    from mmlens.samples import sample_inputs
+    from mmlens.viz import plot_flow_metrics
+
+    model, samples, out = _setup(args)
+    frames = []
+    for s in tqdm(samples, desc="saliency"):
+        df = saliency(model, sample_inputs(model, s, args.template), variant=args.variant).to_dataframe()
+        frames.append(df.assign(sample=s.id, task=s.task))
+    df = pd.concat(frames)
+    df.to_csv(out / "saliency.csv", index=False)
+    for agg in ("source", "receiving"):
+        plot_flow_metrics(df, agg).savefig(out / f"flow_metrics_{agg}.png", dpi=120)
+    print(df[df["aggregate"] == "source"].pivot_table(index="layer", columns="metric", values="value").round(4).to_string())
+    print(f"wrote {out}/saliency.csv and flow_metrics_{{source,receiving}}.png")
+    return 0
+
+
+def _cam(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from mmlens.analysis import grad_cam
+    from mmlens.analysis.cam_study import cam_hit_rate
+    from mmlens.samples import sample_inputs
+    from mmlens.viz import plot_cam
+
+    model, samples, out = _setup(args)
+    smooth = (int(args.smooth[0]), float(args.smooth[1])) if args.smooth else None
+    for s in tqdm(samples[: args.figures], desc="cam figures"):
+        inputs = sample_inputs(model, s, args.template)
+        cam = grad_cam(model, inputs, answer=s.answer, layers=args.layers, tower=args.tower, variant=args.variant, smooth=smooth)
+        plot_cam(cam, inputs, s.load_image()).savefig(out / f"cam_{s.id}.png", dpi=120)
+    hits = cam_hit_rate(model, tqdm(samples, desc="cam hit rate"), args.layers, args.tower, args.variant, smooth, args.template)
+    hits.to_csv(out / "cam_hits.csv", index=False)
+    print("share of samples whose heat-map peak lies on a named object, per layer:")
+    print(hits.groupby("layer")["hit"].mean().round(3).to_string())
+    return 0
+
+
+def _disrupt(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from mmlens.analysis import DisruptionResult, d_metric, disruption
+    from mmlens.viz import plot_disruption
+
+    model, samples, out = _setup(args)
+    runs = [disruption(model, samples, flow, args.layers, args.scope, args.mode, template=args.template)
+            for flow in ("instruction<-image", "image<-image", "random<-image")]
+    result = DisruptionResult(pd.concat([r.df for r in runs]))
+    result.df.to_csv(out / "disruption.csv", index=False)
+    table, d = result.per_layer(), d_metric(result)
+    table.to_csv(out / "disruption_per_layer.csv", index=False)
+    d.to_csv(out / "d_metric.csv", index=False)
+    plot_disruption(table, d).savefig(out / "disruption.png", dpi=120)
+    print(table.round(3).to_string(index=False))
+    print(d.round(3).to_string(index=False))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import torch
     import transformers
@@ -78,6 +151,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     flow.add_argument("--filter-correct", action="store_true", help="keep samples answered correctly (seed 002)")
     flow.add_argument("--out", required=True, help="output folder (an interrupted run resumes)")
     flow.set_defaults(func=_flow)
+
+    def study(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--model", default="shapes-llava", help="registered name or Hugging Face directory")
+        p.add_argument("--data", default="shapes")
+        p.add_argument("--types", nargs="*", default=None)
+        p.add_argument("--n", type=int, default=14)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--template", default="vicuna_v1")
+        p.add_argument("--out", required=True)
+        return p
+
+    sal = study("saliency", "attention x gradient flow metrics per layer (seed 003)")
+    sal.add_argument("--variant", default="paper", choices=["paper", "released_code"])
+    sal.set_defaults(func=_saliency)
+    cam = study("cam", "Grad-CAM / LLaVA-CAM overlays and the hit rate on named objects (seeds 000/001)")
+    cam.add_argument("--layers", type=int, nargs="*", default=None)
+    cam.add_argument("--tower", default="decoder", choices=["decoder", "vision"])
+    cam.add_argument("--variant", default="standard", choices=["standard", "released_code"])
+    cam.add_argument("--smooth", nargs=2, metavar=("N", "SIGMA"), default=None, help="LLaVA-CAM smoothing, e.g. 50 0.1")
+    cam.add_argument("--figures", type=int, default=4, help="samples drawn as overlays")
+    cam.set_defaults(func=_cam)
+    dis = study("disrupt", "block image->instruction / image->image / image->random flows per layer (seed 003)")
+    dis.add_argument("--layers", type=int, nargs="*", default=None)
+    dis.add_argument("--scope", default="single", choices=["single", "onward"])
+    dis.add_argument("--mode", default="post_softmax", choices=["post_softmax", "pre_softmax"])
+    dis.set_defaults(func=_disrupt)
 
     demo = sub.add_parser("demo", help="load a model, check parity with Hugging Face, cache every hook")
     demo.add_argument("--model", default=None, help="a Hugging Face LLaVA directory (default: tiny random)")

@@ -30,3 +30,18 @@ def test_flow_study_writes_tables_figures_and_resumes(tmp_path, monkeypatch):
 def test_unknown_data_is_a_clear_error(tmp_path, capsys):
     assert main(["flow", "--model", "tiny-random", "--data", "gqa:/nowhere", "--out", str(tmp_path)]) == 2
     assert "--data shapes" in capsys.readouterr().err
+
+
+def test_gradient_studies_write_their_tables_and_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLENS_CACHE", str(tmp_path / "cache"))
+    base = ["--model", "tiny-random", "--n", "2"]
+    assert main(["saliency", *base, "--out", str(tmp_path / "s")]) == 0
+    sal = pd.read_csv(tmp_path / "s" / "saliency.csv")
+    assert set(sal["metric"]) == {"S_sys", "S_img", "S_ins", "S_vv", "S_vt"} and sal["sample"].nunique() == 2
+    assert main(["cam", *base, "--figures", "1", "--smooth", "2", "0.1", "--out", str(tmp_path / "c")]) == 0
+    hits = pd.read_csv(tmp_path / "c" / "cam_hits.csv")
+    assert hits["layer"].nunique() == 3 and (tmp_path / "c").glob("cam_*.png")
+    assert main(["disrupt", *base, "--layers", "0", "2", "--out", str(tmp_path / "d")]) == 0
+    per_layer = pd.read_csv(tmp_path / "d" / "disruption_per_layer.csv")
+    assert set(per_layer["flow"]) == {"instruction<-image", "image<-image", "random<-image"}
+    assert (tmp_path / "d" / "disruption.png").stat().st_size > 0
