@@ -17,7 +17,7 @@ import tempfile
 import torch
 import transformers
 
-from benchmarks.common import build, interleaved_medians, peak_rss_delta, prompt
+from benchmarks.common import build, exact_rss, interleaved_medians, peak_rss_delta, prompt
 from mmlens import HookedVLM
 
 
@@ -40,6 +40,7 @@ def bridge_runner(hf, ids, px, directory):
 
 
 def main() -> None:
+    exact_rss("benchmarks.bench_forward")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny model, for a smoke run")
     parser.add_argument("--repeats", type=int, default=5)

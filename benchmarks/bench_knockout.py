@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks.common import build, peak_rss_growth, prompt
+from benchmarks.common import build, exact_rss, peak_rss_delta, prompt
 from mmlens import HookedVLM
 from mmlens.analysis import PAPER_FLOWS, attention_share, knockout_sweep
 from mmlens.inputs import ImageGrid, MMInputs
@@ -40,6 +40,7 @@ def random_inputs(cfg, seed: int, n_question: int = 12) -> MMInputs:
 
 
 def main() -> None:
+    exact_rss("benchmarks.bench_knockout")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--samples", type=int, default=20)
@@ -54,9 +55,9 @@ def main() -> None:
         inputs = random_inputs(hf.config, 0)
         model(inputs)  # warm-up: allocations common to both
         if args.memory_probe == "share":
-            print(peak_rss_growth(lambda: attention_share(model, inputs)))
+            print(peak_rss_delta(lambda: attention_share(model, inputs), interval=0.001))
         else:
-            print(peak_rss_growth(lambda: model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern"))))
+            print(peak_rss_delta(lambda: model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern")), interval=0.001))
         return
     samples = [random_inputs(hf.config, seed) for seed in range(args.samples)]
     L = model.cfg.n_layers

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import resource
+import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +55,17 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 5, 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def exact_rss(module: str) -> None:
+    """Re-run this benchmark with glibc returning every large free to the OS at once.
+
+    By default glibc raises its mmap threshold after large frees and keeps freed blocks, so the
+    resident size stops tracking live tensors; ``MALLOC_MMAP_THRESHOLD_`` pins it.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+
+
 def peak_rss_delta(fn: Callable[[], object], interval: float = 0.002) -> float:
     """Peak resident memory above the starting level while ``fn`` runs, in MiB (sampled)."""
     proc = psutil.Process()
@@ -76,13 +88,3 @@ def peak_rss_delta(fn: Callable[[], object], interval: float = 0.002) -> float:
         t.join()
     return (max(peak, proc.memory_info().rss) - base) / 2**20
 
-
-def peak_rss_growth(fn: Callable[[], object]) -> float:
-    """Growth of the process's peak resident memory (MiB) while ``fn`` runs.
-
-    Exact only for the first big call of a fresh process (the peak never goes down): the
-    benchmarks call it in a subprocess per measurement.
-    """
-    before = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, psutil.Process().memory_info().rss / 1024)
-    fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
