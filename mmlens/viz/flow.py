@@ -10,12 +10,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mmlens.analysis import KnockoutResult, LensResult, ShareResult  # noqa: E402
+from mmlens.errors import MMLensError  # noqa: E402
 
 
 def plot_knockout(result: KnockoutResult, by: str | None = "task") -> Figure:
     """Relative change (%) of the predicted token's probability per layer, one line per flow with
     its 95% bootstrap band; one panel per value of ``by`` (seed 002 Fig. 2–4)."""
     df = result.df
+    if df.empty:
+        raise MMLensError("the knockout result is empty: were all samples filtered out (filter_correct)?")
     keys = sorted(df[by].unique()) if by and by in df else [None]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False, sharey=True)
     for ax, key in zip(axes[0], keys):
