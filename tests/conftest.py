@@ -9,6 +9,9 @@ import transformers
 from mmlens import HookedVLM
 from mmlens.zoo.tiny import save_tiny_checkpoint, tiny_llava_config
 
+# The test models are tiny: one thread is fastest and immune to oversubscription on shared cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _deterministic():

@@ -21,6 +21,7 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MMLENS_CACHE", str(tmp_path))
     monkeypatch.setenv("MMLENS_MODEL", os.environ.get("MMLENS_MODEL", MODEL))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     book = nbformat.read(path, as_version=4)
     NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
