@@ -14,6 +14,7 @@ from torch import Tensor
 from mmlens.config import VLMConfig
 from mmlens.errors import MissingImageSlotError, MMLensError
 from mmlens.geometry import Box, ViewGeometry
+from mmlens.prompts import PromptText
 from mmlens.templates import Template, get_template
 from mmlens.tokens import TokenGroups, span_mask, standard_groups
 
@@ -107,7 +108,7 @@ def prepare(
     processor: Any,
     cfg: VLMConfig,
     images: Image.Image | Sequence[Image.Image],
-    text: str | Sequence[str],
+    text: str | PromptText | Sequence[str | PromptText],
     *,
     template: str | Template | None = "vicuna_v1",
     mark: Mapping[str, str | Sequence[str | None]] | None = None,
@@ -119,21 +120,25 @@ def prepare(
         cfg: The model config (image token, tower geometry, feature strategy).
         images: One image per prompt.
         text: The question(s), placed into ``template``; with ``template=None`` each text is a
-            full prompt that must contain the tokenizer's image token once.
+            full prompt that must contain the tokenizer's image token once. A
+            :class:`~mmlens.prompts.PromptText` (from the task prompt builders) also marks the
+            question, options and other spans as groups.
         template: A registered template name or a :class:`Template`.
         mark: Extra groups: name → substring of the question (or one per row) whose tokens
             form the group, e.g. ``{"true_option": "red", "false_option": "blue"}``.
     """
     images = [images] if isinstance(images, Image.Image) else list(images)
-    texts = [text] if isinstance(text, str) else list(text)
+    texts = [text] if isinstance(text, (str, PromptText)) else list(text)
     if len(images) != len(texts):
         raise MMLensError(f"got {len(images)} images for {len(texts)} prompts: give one image per prompt.")
     tok = processor.tokenizer
     image_token = getattr(processor, "image_token", None) or getattr(tok, "image_token", "<image>")
     slot = image_token * cfg.image_seq_length
     tmpl = None if template is None else get_template(template)
-    prompts, spans = [], []
+    prompts, spans, extra = [], [], []
     for t in texts:
+        marked = t if isinstance(t, PromptText) else None
+        t = marked.text if marked else t
         if tmpl is None:
             if t.count(image_token) != 1:
                 raise MissingImageSlotError(
@@ -145,6 +150,13 @@ def prepare(
         else:
             prompt, span = tmpl.render(t, slot)
             prompts.append(prompt)
+            if marked is not None:
+                shift = span[0]
+                extra.append({k: [(a + shift, b + shift) for a, b in v] for k, v in marked.spans.items()})
+                q = marked.spans.get("question")
+                span = (q[0][0] + shift, q[-1][1] + shift) if q else None
+            else:
+                extra.append({})
             spans.append(span)
     side = tok.padding_side
     tok.padding_side = "left"
@@ -156,6 +168,11 @@ def prepare(
     pixel_values, views = _pixels(processor.image_processor, cfg, images, mode)
     offsets = enc["offset_mapping"]
     groups = standard_groups(enc["input_ids"], enc["attention_mask"], cfg.image_token_index, span_mask(offsets, spans))
+    for name in sorted({k for e in extra for k in e} - {"question"}):
+        groups[name] = torch.zeros_like(groups["question"])
+        for r, e in enumerate(extra):
+            for span in e.get(name, []):
+                groups[name][r] |= span_mask(offsets[r : r + 1], [span])[0]
     for name, sub in (mark or {}).items():
         subs = [sub] * len(texts) if isinstance(sub, str) else list(sub)
         groups[name] = span_mask(offsets, [_find(p, s, q) for p, s, q in zip(prompts, subs, spans)])

@@ -97,3 +97,14 @@ def test_bad_inputs_raise_clear_errors(model):
         inputs.groups["questoin"]
     with pytest.raises(EmptyTokenGroupError, match="row"):
         inputs.groups.require(inputs.groups["image"] & inputs.groups["user"])
+
+
+def test_prompt_text_marks_question_and_options(model):
+    from mmlens.prompts import PromptText
+
+    text = PromptText.build([("Is the circle red or blue?", "question"), ("\nOptions:", None), (" red", "options"),
+                             (" blue", "options"), ("\nAnswer with one word.", None)])
+    inputs = model.prepare(Image.new("RGB", (32, 32)), text)
+    assert words(model, inputs, "question") == ["Is", "the", "circle", "red", "or", "blue", "?"]
+    assert words(model, inputs, "options") == ["red", "blue"]
+    assert words(model, inputs, "user")[-2:] == ["ASSISTANT", ":"]
