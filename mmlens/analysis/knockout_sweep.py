@@ -78,7 +78,7 @@ def _knocked_out_last_logits(model, inputs, clean, src, dst, windows: Sequence[r
     p0 = int(dst[0].nonzero()[0])
     mask = inputs.attention_mask
     kv = [None if c is None else (c[0][:, :p0].expand(m, -1, -1, -1), c[1][:, :p0].expand(m, -1, -1, -1)) for c in cache.kv]
-    prefix = KVCache(kv=kv, key_valid=mask[:, :p0].bool().expand(m, -1))
+    prefix = KVCache.prefix(kv, mask[:, :p0].bool().expand(m, -1))
     hooks = []
     for layer in sorted({j for w in windows for j in w}):
         active = torch.tensor([layer in w for w in windows])

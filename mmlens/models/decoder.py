@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -22,20 +23,71 @@ from mmlens.models.root import HookedRoot
 class KVCache:
     """Keys/values of the positions seen so far, for incremental decoding.
 
+    Layers may hold different numbers of positions (after token pruning), so validity is kept
+    per layer.
+
     Attributes:
         kv: Per layer ``(k, v)``, each ``[batch, key_pos, kv_head, d_head]`` (keys rotated); None
             for layers a partial run did not compute.
-        key_valid: ``[batch, key_pos]``, False at padding.
+        valid: Per layer ``[batch, key_pos]``: False at padding and at keys hidden by pruning.
         next_pos: ``[batch]`` rotary position of the next token of each row.
     """
 
-    kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
-    key_valid: Tensor | None = None
+    kv: list = field(default_factory=list)
+    valid: list = field(default_factory=list)
     next_pos: Tensor | None = None
 
+    @classmethod
+    def prefix(cls, kv: list, key_valid: Tensor) -> KVCache:
+        """A cache of the same ``key_valid`` positions in every layer."""
+        return cls(kv=kv, valid=[key_valid] * len(kv))
+
     @property
-    def length(self) -> int:
-        return 0 if self.key_valid is None else self.key_valid.shape[1]
+    def has_past(self) -> bool:
+        return any(v is not None and v.shape[1] > 0 for v in self.valid)
+
+
+@dataclass
+class SeqState:
+    """The sequence a block runs on, as token pruning may reshape it between blocks.
+
+    Attributes:
+        resid: ``[batch, pos, d_model]``.
+        rotary: ``(cos, sin)`` for the current positions.
+        valid: ``[batch, pos]`` real (non-padding) positions.
+        visible: ``[batch, pos]`` positions other positions may attend to (False once pruned in
+            mask mode).
+        kept: ``[batch, pos]`` original index of each current position.
+        image: ``[batch, pos]`` image positions.
+        instruction: ``[batch, pos]`` positions after the image (the instruction).
+    """
+
+    resid: Tensor
+    rotary: tuple[Tensor, Tensor]
+    valid: Tensor
+    visible: Tensor
+    kept: Tensor
+    image: Tensor
+    instruction: Tensor
+
+    def gather(self, index: Tensor) -> SeqState:
+        """Keep positions ``index`` (``[batch, n]``, increasing) of every field."""
+
+        def take(x: Tensor) -> Tensor:
+            return torch.gather(x, 1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
+
+        return SeqState(take(self.resid), (take(self.rotary[0]), take(self.rotary[1])), take(self.valid),
+                        take(self.visible), take(self.kept), take(self.image), take(self.instruction))
+
+
+class LayerPlan(Protocol):
+    """What the decoder asks of a token-pruning policy (see :mod:`mmlens.pruning`)."""
+
+    def wants_pattern(self, layer: int) -> bool: ...
+
+    def observe(self, layer: int, pattern: Tensor) -> None: ...
+
+    def before_block(self, layer: int, state: SeqState) -> SeqState: ...
 
 
 def positions_from_mask(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
@@ -101,6 +153,9 @@ class HookedDecoder(HookedRoot):
         position_ids: Int[Tensor, "batch pos"] | None = None,
         cache: KVCache | None = None,
         start_layer: int = 0,
+        *,
+        plan: LayerPlan | None = None,
+        image: Tensor | None = None,
     ) -> Float[Tensor, "batch pos d_vocab"]:
         """Run blocks ``start_layer..`` on a residual stream, then the final norm and unembedding.
 
@@ -110,31 +165,48 @@ class HookedDecoder(HookedRoot):
             position_ids: Rotary positions; derived from ``attention_mask`` when omitted.
             cache: Past keys/values; updated in place with the new positions when given.
             start_layer: First block to run (earlier blocks are assumed already applied).
+            plan: A token-pruning plan consulted before every block (prefill only).
+            image: ``[batch, pos]`` image positions, for the plan.
+
+        Returns:
+            Logits of the positions that remain (all of them unless ``plan`` drops some).
         """
         b, p, _ = resid.shape
-        new_valid = (
-            torch.ones(b, p, dtype=torch.bool, device=resid.device)
-            if attention_mask is None
-            else attention_mask.bool()
-        )
-        past_len = cache.length if cache is not None else 0
+        valid = torch.ones(b, p, dtype=torch.bool, device=resid.device) if attention_mask is None else attention_mask.bool()
+        past = cache is not None and cache.has_past
         if position_ids is None:
-            if cache is not None and cache.next_pos is not None:
-                position_ids = cache.next_pos[:, None] + positions_from_mask(new_valid)
-            else:
-                position_ids = positions_from_mask(new_valid)
-        key_valid = new_valid if past_len == 0 else torch.cat([cache.key_valid, new_valid], dim=1)
-        mask = build_mask(key_valid, p, self.cfg.sliding_window)
-        rotary = self.rotary(position_ids, resid.dtype)
+            offset = cache.next_pos[:, None] if past and cache.next_pos is not None else 0
+            position_ids = offset + positions_from_mask(valid)
+        image = torch.zeros_like(valid) if image is None else image
+        after_image = torch.cumsum(image.int().flip(-1), -1).flip(-1) == 0
+        state = SeqState(resid, self.rotary(position_ids, resid.dtype), valid, valid,
+                         torch.arange(p, device=resid.device).expand(b, p), image, after_image & image.any(-1, keepdim=True) & valid)
         new_kv: list = [None] * self.cfg.n_layers
+        new_valid: list = [None] * self.cfg.n_layers
+        masks: dict[tuple[int, int], AttentionMask] = {}
         for layer in range(start_layer, self.cfg.n_layers):
-            past_kv = cache.kv[layer] if (cache is not None and past_len > 0) else None
-            resid, new_kv[layer] = self.blocks[layer](resid, mask, rotary, past_kv)
+            if plan is not None:
+                state = plan.before_block(layer, state)
+            key_valid = state.visible if not past else torch.cat([cache.valid[layer], state.visible], dim=1)
+            key = (id(key_valid), state.resid.shape[1])
+            if key not in masks:
+                masks = {key: build_mask(key_valid, state.resid.shape[1], self.cfg.sliding_window)}
+            past_kv = cache.kv[layer] if past else None
+            block = self.blocks[layer]
+            if plan is not None and plan.wants_pattern(layer):
+                handle = block.attn.hook_pattern.add_hook(lambda x, hook, layer=layer: plan.observe(layer, x))
+                try:
+                    state.resid, new_kv[layer] = block(state.resid, masks[key], state.rotary, past_kv)
+                finally:
+                    handle.hook.remove()
+                    block.attn.hook_pattern.fwd_hooks.remove(handle)
+            else:
+                state.resid, new_kv[layer] = block(state.resid, masks[key], state.rotary, past_kv)
+            new_valid[layer] = key_valid
         if cache is not None:
-            cache.kv = new_kv
-            cache.key_valid = key_valid
+            cache.kv, cache.valid = new_kv, new_valid
             cache.next_pos = position_ids[:, -1] + 1
-        return self.unembed(self.ln_final(resid))
+        return self.unembed(self.ln_final(state.resid))
 
     def forward(
         self,

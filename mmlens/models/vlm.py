@@ -105,8 +105,12 @@ class HookedVLM(HookedDecoder):
         fwd_hooks: list | tuple = (),
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
+        prune: Any = None,
     ) -> Int[Tensor, "batch pos_plus_new"]:
         """Greedy decoding with a KV cache; returns the prompt followed by the new tokens.
+
+        ``prune`` (a :mod:`mmlens.pruning` policy) prunes image tokens once at prefill; decoding
+        then runs on a cache whose length differs by layer.
 
         Equal token for token to Hugging Face's greedy ``generate`` on the same checkpoint.
         ``fwd_hooks`` are active during prefill and every decoding step. ``eos_token_id`` and
@@ -127,6 +131,7 @@ class HookedVLM(HookedDecoder):
             fwd_hooks=fwd_hooks,
             eos_token_id=self.vlm_cfg.eos_token_id if eos_token_id is None else eos_token_id,
             pad_token_id=self.vlm_cfg.pad_token_id if pad_token_id is None else pad_token_id,
+            prune=prune,
         )
 
     def embed_images(self, pixel_values: Float[Tensor, "n_img 3 height width"]) -> Float[Tensor, "n_img n_patch d_model"]:
@@ -173,15 +178,24 @@ class HookedVLM(HookedDecoder):
         input_ids: Int[Tensor, "batch pos"] | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
         cache: KVCache | None = None,
+        prune: Any = None,
     ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits ``[batch, pos, d_vocab]``.
 
         Accepts ``model(inputs)`` with :class:`~mmlens.inputs.MMInputs` from :meth:`prepare`, or
         ``model(input_ids=..., pixel_values=..., attention_mask=...)``.
+
+        ``prune`` takes a policy from :mod:`mmlens.pruning` (``Truncate``, ``FastV``, ``HiMAP``),
+        applied once at prefill. In ``drop`` mode the logits cover only the positions that
+        remain; ``model.last_prune.kept`` maps each prune layer to the original indices kept.
         """
         if inputs is not None and not isinstance(inputs, Tensor):
             input_ids, pixel_values, attention_mask = inputs.input_ids, inputs.pixel_values, inputs.attention_mask
         elif inputs is not None:
             input_ids = inputs
-        resid = self.merge(input_ids, pixel_values, decoding=cache is not None and cache.length > 0)
-        return self.decode_blocks(resid, attention_mask, position_ids, cache)
+        decoding = cache is not None and cache.has_past
+        resid = self.merge(input_ids, pixel_values, decoding=decoding)
+        plan = None if prune is None or decoding else prune.plan(self.cfg.n_layers)
+        self.last_prune = plan
+        image = input_ids == self.vlm_cfg.image_token_index
+        return self.decode_blocks(resid, attention_mask, position_ids, cache, plan=plan, image=image)
