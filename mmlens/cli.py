@@ -109,6 +109,56 @@ def _disrupt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_eval(args: argparse.Namespace) -> int:
+    import statistics
+    import time
+
+    import pandas as pd
+    import torch
+
+    from mmlens.analysis import evaluate
+    from mmlens.pruning import flops
+    from mmlens.pruning.spec import parse_policy
+    from mmlens.samples import sample_inputs
+
+    model, samples, out = _setup(args)
+    policy = parse_policy(args.policy)
+    base = evaluate(model, samples, template=args.template, progress=True)
+    pruned = evaluate(model, samples, policy, template=args.template, progress=True)
+    inputs = sample_inputs(model, samples[0], args.template)
+    n_image = int(inputs.groups["image"].sum())
+    n_text = inputs.input_ids.shape[1] - n_image
+
+    def latency(prune) -> float:
+        times = []
+        with torch.no_grad():
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                model(inputs, prune=prune)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    latency(None)  # warm-up
+    t_base, t_pruned = latency(None), latency(policy)
+    rows = []
+    for label, pol, acc, t in (("baseline", None, base, t_base), (args.policy, policy, pruned, t_pruned)):
+        rows.append({
+            "policy": label, "accuracy": acc["correct"].mean(),
+            "flops_estimate": flops(model.vlm_cfg, n_text, n_image, pol, method="estimate"),
+            "flops_exact": flops(model.vlm_cfg, n_text, n_image, pol, method="exact"),
+            "prefill_ms": t * 1000,
+        })
+    table = pd.DataFrame(rows)
+    table["flops_estimate_ratio"] = table["flops_estimate"] / table["flops_estimate"][0]
+    table["flops_exact_ratio"] = table["flops_exact"] / table["flops_exact"][0]
+    table["latency_ratio"] = table["prefill_ms"] / table["prefill_ms"][0]
+    table.to_csv(out / "prune_eval.csv", index=False)
+    pd.concat([base.assign(policy="baseline"), pruned.assign(policy=args.policy)]).to_csv(out / "predictions.csv", index=False)
+    (out / "prune_eval.md").write_text("```\n" + table.to_string(index=False) + "\n```\n")
+    print(table.to_string(index=False))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import torch
     import transformers
@@ -178,6 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dis.add_argument("--scope", default="single", choices=["single", "onward"])
     dis.add_argument("--mode", default="post_softmax", choices=["post_softmax", "pre_softmax"])
     dis.set_defaults(func=_disrupt)
+
+    pe = study("prune-eval", "accuracy, FLOPs (estimate and exact) and latency with a pruning policy (seed 003)")
+    pe.add_argument("--policy", default="himap", help="fastv:K,R | himap:K1,R1,K2,R2 | truncate:K,keep")
+    pe.add_argument("--repeats", type=int, default=5, help="timed prefills (median reported)")
+    pe.set_defaults(func=_prune_eval)
 
     demo = sub.add_parser("demo", help="load a model, check parity with Hugging Face, cache every hook")
     demo.add_argument("--model", default=None, help="a Hugging Face LLaVA directory (default: tiny random)")

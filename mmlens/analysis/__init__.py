@@ -1,5 +1,6 @@
 """Functions that run the model and return tidy results."""
 
+from mmlens.analysis.accuracy import CliffResult, cliff_layer, evaluate
 from mmlens.analysis.disruption import DisruptionResult, d_metric, disruption
 from mmlens.analysis.gradcam import CamResult, grad_cam
 from mmlens.analysis.knockout_sweep import PAPER_FLOWS, KnockoutResult, knockout_sweep
@@ -9,6 +10,9 @@ from mmlens.analysis.shares import ShareResult, attention_share
 
 __all__ = [
     "PAPER_FLOWS",
+    "CliffResult",
+    "cliff_layer",
+    "evaluate",
     "CamResult",
     "DisruptionResult",
     "KnockoutResult",

@@ -45,3 +45,13 @@ def test_gradient_studies_write_their_tables_and_figures(tmp_path, monkeypatch):
     per_layer = pd.read_csv(tmp_path / "d" / "disruption_per_layer.csv")
     assert set(per_layer["flow"]) == {"instruction<-image", "image<-image", "random<-image"}
     assert (tmp_path / "d" / "disruption.png").stat().st_size > 0
+
+
+def test_prune_eval_reports_accuracy_flops_and_latency(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLENS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "p"
+    assert main(["prune-eval", "--model", "tiny-random", "--policy", "fastv:1,0.5", "--n", "2", "--repeats", "1", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "prune_eval.csv")
+    assert table["policy"].tolist() == ["baseline", "fastv:1,0.5"]
+    assert table["flops_exact_ratio"][1] < 1 and table["flops_estimate_ratio"][1] < table["flops_exact_ratio"][1]
+    assert main(["prune-eval", "--model", "tiny-random", "--policy", "pyramid:1", "--n", "1", "--out", str(out)]) == 2

@@ -135,3 +135,30 @@ def test_exact_flops_count_every_matmul(model):
     pruned = flops(model.vlm_cfg, 10, 36, FastV(2, 0.5), method="exact")
     assert pruned < flops(model.vlm_cfg, 10, 36, method="exact")
     assert flops(model.vlm_cfg, 10, 36, FastV(2, 0.5, mode="mask"), method="exact") == flops(model.vlm_cfg, 10, 36, method="exact")
+
+
+def test_truncating_every_image_token_equals_an_onward_knockout_of_the_image(model, batch):
+    from mmlens.interventions import knockout, onward
+
+    ids, px, mask = batch
+    image = ids == model.vlm_cfg.image_token_index
+    hooks = knockout({"image": image, "rest": ~image}, "image", "rest", onward(2, model.cfg.n_layers))
+    with torch.no_grad():
+        expected = model.run_with_hooks(input_ids=ids, pixel_values=px, attention_mask=mask, fwd_hooks=hooks)
+    truncated = run(model, batch, prune=Truncate(2, keep=0, mode="mask"))
+    torch.testing.assert_close(truncated[~image & mask.bool()], expected[~image & mask.bool()], atol=1e-5, rtol=0)
+
+
+def test_cliff_layer_follows_its_definition(checkpoint_factory):
+    from mmlens.analysis import cliff_layer, evaluate
+    from mmlens.data.shapes import shapes_dataset
+
+    model = HookedVLM.from_pretrained(checkpoint_factory(n_kv_heads=2))
+    samples = shapes_dataset(4, seed=0)
+    result = cliff_layer(model, samples, tolerance=0.0, progress=False)
+    assert result.baseline == evaluate(model, samples)["correct"].mean()
+    acc = result.curve["accuracy"].tolist()
+    ok = [abs(a - result.baseline) <= 0.0 for a in acc]
+    expected = next((i for i in range(len(acc)) if all(ok[i:])), None)
+    assert result.cliff == expected
+    assert acc[-1] == evaluate(model, samples, Truncate(model.cfg.n_layers - 1, 0))["correct"].mean()

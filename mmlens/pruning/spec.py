@@ -1,0 +1,28 @@
+"""Parse pruning policies from command-line specs such as ``himap:2,0.5,8,0.75``."""
+
+from __future__ import annotations
+
+from mmlens.errors import MMLensError
+from mmlens.pruning.policies import FastV, HiMAP, Truncate
+
+SPECS = {
+    "fastv": (FastV, (int, float, str, str)),
+    "himap": (HiMAP, (int, float, int, float, str, str)),
+    "truncate": (Truncate, (int, int, str)),
+}
+
+
+def parse_policy(spec: str):
+    """``fastv:K,R[,rank_by[,mode]]``, ``himap:K1,R1,K2,R2[,phi_dp[,mode]]``, ``truncate:K,keep[,mode]``;
+    a bare name takes the defaults (``himap`` = seed 003's LLaVA-1.5-7B setting)."""
+    name, _, args = spec.partition(":")
+    if name not in SPECS:
+        raise MMLensError(f"unknown pruning policy {name!r}; use one of {sorted(SPECS)}, e.g. himap:2,0.5,8,0.75.")
+    cls, types = SPECS[name]
+    values = [v for v in args.split(",") if v] if args else []
+    if len(values) > len(types):
+        raise MMLensError(f"{name} takes at most {len(types)} values, got {spec!r}.")
+    try:
+        return cls(*(t(v) for t, v in zip(types, values)))
+    except (TypeError, ValueError) as err:
+        raise MMLensError(f"cannot read pruning policy {spec!r}: {err}") from None
