@@ -5,7 +5,7 @@ from mmlens.analysis.disruption import DisruptionResult, d_metric, disruption
 from mmlens.analysis.gradcam import CamResult, grad_cam
 from mmlens.analysis.knockout_sweep import PAPER_FLOWS, KnockoutResult, knockout_sweep
 from mmlens.analysis.lens import LensResult, logit_lens
-from mmlens.analysis.saliency import SaliencyResult, group_metrics, saliency, saliency_matrix
+from mmlens.analysis.saliency import SaliencyResult, flow_metrics, group_metrics, saliency, saliency_matrix
 from mmlens.analysis.shares import ShareResult, attention_share
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "CliffResult",
     "cliff_layer",
     "evaluate",
+    "flow_metrics",
     "CamResult",
     "DisruptionResult",
     "KnockoutResult",

@@ -139,3 +139,9 @@ def saliency(
     metrics = {a: {m: torch.stack(v, dim=1).detach() for m, v in t.items()} for a, t in results.items()}
     matrices = torch.stack(kept, dim=1).detach() if keep_matrices else None
     return SaliencyResult(metrics, matrices, tgt.detach(), variant)
+
+
+def flow_metrics(model, inputs: MMInputs, target: Tensor | int | None = None, variant: str = "paper") -> pd.DataFrame:
+    """S_sys, S_img, S_ins, S_vv and S_vt per layer under both aggregation conventions, as a
+    tidy DataFrame (columns row, layer, aggregate, metric, value)."""
+    return saliency(model, inputs, target, variant).to_dataframe()
