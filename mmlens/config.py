@@ -135,6 +135,8 @@ class VLMConfig:
         architecture: Name of the Hugging Face class it was converted from.
         eos_token_id: End-of-sequence token that stops generation (from the checkpoint).
         pad_token_id: Token that fills finished rows during batched generation.
+        image_grid_pinpoints: LLaVA-NeXT's candidate resolutions ``(height, width)``; None for
+            single-view models (LLaVA-1.5).
     """
 
     decoder: DecoderConfig
@@ -146,6 +148,7 @@ class VLMConfig:
     architecture: str = "LlavaForConditionalGeneration"
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    image_grid_pinpoints: tuple[tuple[int, int], ...] | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property

@@ -27,6 +27,7 @@ def greedy_generate(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     prune: object = None,
+    image_sizes: Tensor | None = None,
 ) -> Int[Tensor, "batch pos_plus_new"]:
     """Prompt followed by greedily generated tokens, as Hugging Face's greedy ``generate``.
 
@@ -43,7 +44,7 @@ def greedy_generate(
     out = [input_ids]
     finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        logits = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, cache=cache, prune=prune)
+        logits = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, cache=cache, prune=prune, image_sizes=image_sizes)
         for step in range(max_new_tokens):
             token = logits[:, -1].argmax(-1)
             token = torch.where(finished, torch.full_like(token, pad), token)

@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmlens.components.projector import Projector
 from mmlens.config import VLMConfig
 from mmlens.errors import ImageTokenMismatchError, MMLensError
 from mmlens.hooks import HookPoint
+from mmlens.models.anyres import n_views, pack_image
 from mmlens.models.decoder import HookedDecoder, KVCache
 from mmlens.models.vision_encoder import HookedVisionEncoder
 
@@ -41,7 +42,8 @@ class HookedVLM(HookedDecoder):
             cfg.vision, cfg.vision_feature_layer, cfg.vision_feature_select_strategy
         )
         self.vision_projector = Projector(cfg.projector)
-        self.hook_image_embed = HookPoint()  # [n_img, n_patch, d_model]
+        self.image_newline = nn.Parameter(torch.zeros(cfg.decoder.d_model)) if cfg.image_grid_pinpoints else None
+        self.hook_image_embed = HookPoint()  # [n_img (NeXT: n_views), n_patch, d_model]
         self.hook_merged_embed = HookPoint()  # [batch, pos, d_model]
         self.setup()
 
@@ -106,6 +108,7 @@ class HookedVLM(HookedDecoder):
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         prune: Any = None,
+        image_sizes: Tensor | None = None,
     ) -> Int[Tensor, "batch pos_plus_new"]:
         """Greedy decoding with a KV cache; returns the prompt followed by the new tokens.
 
@@ -120,6 +123,7 @@ class HookedVLM(HookedDecoder):
 
         if inputs is not None and not isinstance(inputs, Tensor):
             input_ids, pixel_values, attention_mask = inputs.input_ids, inputs.pixel_values, inputs.attention_mask
+            image_sizes = getattr(inputs, "image_sizes", None)
         elif inputs is not None:
             input_ids = inputs
         return greedy_generate(
@@ -132,15 +136,39 @@ class HookedVLM(HookedDecoder):
             eos_token_id=self.vlm_cfg.eos_token_id if eos_token_id is None else eos_token_id,
             pad_token_id=self.vlm_cfg.pad_token_id if pad_token_id is None else pad_token_id,
             prune=prune,
+            image_sizes=image_sizes,
         )
 
-    def embed_images(self, pixel_values: Float[Tensor, "n_img 3 height width"]) -> Float[Tensor, "n_img n_patch d_model"]:
-        """Vision encoder and projector: the embeddings that replace the image placeholders."""
-        features = self.vision_encoder(pixel_values)
-        return self.hook_image_embed(self.vision_projector(features))
+    def embed_images(
+        self, pixel_values: Tensor, image_sizes: Tensor | None = None
+    ) -> list[Float[Tensor, "n_tokens d_model"]]:
+        """Vision encoder and projector: per image, the embeddings that replace its placeholders.
+
+        Single-view models take ``pixel_values`` ``[n_img, 3, H, W]``. LLaVA-NeXT models take
+        ``[n_img, max_views, 3, H, W]`` (or the views stacked, ``[n_views, 3, H, W]``) with
+        ``image_sizes`` ``[n_img, 2]`` as (height, width); ``hook_image_embed`` then holds the
+        projected features of every view, before tiles are un-padded and newline slots added.
+        """
+        pinpoints = self.vlm_cfg.image_grid_pinpoints
+        if pinpoints is None:
+            return list(self.hook_image_embed(self.vision_projector(self.vision_encoder(pixel_values))))
+        if image_sizes is None:
+            raise MMLensError("LLaVA-NeXT models need image_sizes (height, width) for each image: use model.prepare.")
+        tile = self.vlm_cfg.vision.image_size
+        sizes = [tuple(s) for s in torch.as_tensor(image_sizes).tolist()]
+        counts = [n_views(size, pinpoints, tile) for size in sizes]
+        if pixel_values.dim() == 5:
+            pixel_values = torch.cat([pv[:c] for pv, c in zip(pixel_values, counts)])
+        views = self.hook_image_embed(self.vision_projector(self.vision_encoder(pixel_values)))
+        return [pack_image(v, size, pinpoints, tile, self.image_newline) for v, size in zip(views.split(counts), sizes)]
 
     def merge(
-        self, input_ids: Int[Tensor, "batch pos"], pixel_values: Tensor | None, *, decoding: bool = False
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        pixel_values: Tensor | None,
+        *,
+        image_sizes: Tensor | None = None,
+        decoding: bool = False,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Token embeddings with image embeddings written into the image-placeholder slots.
 
@@ -157,16 +185,16 @@ class HookedVLM(HookedDecoder):
                     "images (model.prepare(images, text) does both)."
                 )
             return self.hook_merged_embed(embeds)
-        image_embeds = self.embed_images(pixel_values)
-        if n_slots != image_embeds.shape[0] * image_embeds.shape[1]:
+        images = self.embed_images(pixel_values, image_sizes)
+        counts = [len(e) for e in images]
+        if n_slots != sum(counts):
             raise ImageTokenMismatchError(
-                f"the prompt has {n_slots} image tokens but {image_embeds.shape[0]} image(s) give "
-                f"{image_embeds.shape[0]} x {image_embeds.shape[1]} = "
-                f"{image_embeds.shape[0] * image_embeds.shape[1]} features: each image needs exactly "
-                f"{image_embeds.shape[1]} image tokens (id {self.vlm_cfg.image_token_index}); build "
-                "prompts with model.prepare() or the checkpoint's processor."
+                f"the prompt has {n_slots} image tokens but the {len(images)} image(s) give {sum(counts)} "
+                f"features ({counts} per image): each image needs exactly that many image tokens "
+                f"(id {self.vlm_cfg.image_token_index}); build prompts with model.prepare() or the "
+                "checkpoint's processor."
             )
-        merged = embeds.masked_scatter(slots[..., None], image_embeds.to(embeds.dtype))
+        merged = embeds.masked_scatter(slots[..., None], torch.cat(images).to(embeds.dtype))
         return self.hook_merged_embed(merged)
 
     def forward(
@@ -179,6 +207,7 @@ class HookedVLM(HookedDecoder):
         position_ids: Int[Tensor, "batch pos"] | None = None,
         cache: KVCache | None = None,
         prune: Any = None,
+        image_sizes: Tensor | None = None,
     ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits ``[batch, pos, d_vocab]``.
 
@@ -191,10 +220,11 @@ class HookedVLM(HookedDecoder):
         """
         if inputs is not None and not isinstance(inputs, Tensor):
             input_ids, pixel_values, attention_mask = inputs.input_ids, inputs.pixel_values, inputs.attention_mask
+            image_sizes = getattr(inputs, "image_sizes", None)
         elif inputs is not None:
             input_ids = inputs
         decoding = cache is not None and cache.has_past
-        resid = self.merge(input_ids, pixel_values, decoding=decoding)
+        resid = self.merge(input_ids, pixel_values, image_sizes=image_sizes, decoding=decoding)
         plan = None if prune is None or decoding else prune.plan(self.cfg.n_layers)
         self.last_prune = plan
         image = input_ids == self.vlm_cfg.image_token_index

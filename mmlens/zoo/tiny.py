@@ -78,10 +78,30 @@ def tiny_llava_config(
     )
 
 
-def tiny_llava(config: transformers.LlavaConfig, seed: int = 0) -> transformers.LlavaForConditionalGeneration:
+def tiny_llava_next_config(pinpoints=((32, 64), (64, 32), (64, 64)), **kwargs: Any) -> transformers.LlavaNextConfig:
+    """A tiny ``LlavaNextConfig`` (anyres tiling over ``pinpoints`` of the vision tower's tiles)."""
+    base = tiny_llava_config(**kwargs)
+    return transformers.LlavaNextConfig(
+        vision_config=base.vision_config,
+        text_config=base.text_config,
+        image_token_index=base.image_token_id,
+        image_grid_pinpoints=[list(p) for p in pinpoints],
+        vision_feature_layer=base.vision_feature_layer,
+        vision_feature_select_strategy=base.vision_feature_select_strategy,
+        tie_word_embeddings=base.tie_word_embeddings,
+    )
+
+
+MODEL_CLASSES = {
+    transformers.LlavaConfig: transformers.LlavaForConditionalGeneration,
+    transformers.LlavaNextConfig: transformers.LlavaNextForConditionalGeneration,
+}
+
+
+def tiny_llava(config: transformers.PretrainedConfig, seed: int = 0) -> transformers.PreTrainedModel:
     """A randomly initialised model; weights are rescaled so activations are not vanishingly small."""
     torch.manual_seed(seed)
-    model = transformers.LlavaForConditionalGeneration(config).eval()
+    model = MODEL_CLASSES[type(config)](config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2 and "embed" not in name:
@@ -108,6 +128,6 @@ def save_tiny_checkpoint(directory: str | Path, config: transformers.LlavaConfig
     config = config or tiny_llava_config()
     tiny_llava(config, seed).save_pretrained(directory)
     vc = config.vision_config
-    if vc.model_type == "clip_vision_model" and config.vision_feature_select_strategy == "default":
+    if isinstance(config, transformers.LlavaConfig) and vc.model_type == "clip_vision_model" and config.vision_feature_select_strategy == "default":
         save_tokenizer_and_processor(directory, VOCAB_WORDS, vc.image_size, vc.patch_size)
     return directory

@@ -89,7 +89,7 @@ def test_bad_inputs_raise_clear_errors(model):
     with pytest.raises(MissingImageSlotError, match="exactly once"):
         model.prepare(img, "USER: no image here ASSISTANT:", template=None)
     inputs = model.prepare(img, "Is there a star?")
-    with pytest.raises(ImageTokenMismatchError, match="each image needs exactly 16"):
+    with pytest.raises(ImageTokenMismatchError, match="give 16 features"):
         keep = torch.ones(inputs.input_ids.shape[1], dtype=torch.bool)
         keep[inputs.groups.positions("image")[:3]] = False
         model(input_ids=inputs.input_ids[:, keep], pixel_values=inputs.pixel_values)

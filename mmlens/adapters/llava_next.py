@@ -1,0 +1,25 @@
+"""LLaVA-NeXT (LLaVA-1.6, Llama-3-LLaVA-NeXT) checkpoints: ``LlavaNextForConditionalGeneration``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from mmlens.adapters.llava import LlavaAdapter
+from mmlens.adapters.registry import VLM_ADAPTERS, StateDict, register
+from mmlens.config import VLMConfig
+
+
+@register(VLM_ADAPTERS, "LlavaNextForConditionalGeneration")
+class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-1.5's towers and projector plus anyres tiling and the learned ``image_newline``."""
+
+    def config(self, hf_config: Any) -> VLMConfig:
+        pinpoints = tuple(tuple(int(v) for v in p) for p in hf_config.image_grid_pinpoints)
+        return replace(super().config(hf_config), image_grid_pinpoints=pinpoints,
+                       architecture="LlavaNextForConditionalGeneration")
+
+    def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:
+        out = super().weights(hf_state, cfg)
+        out["image_newline"] = hf_state["model.image_newline"]
+        return out
