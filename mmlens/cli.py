@@ -12,20 +12,27 @@ from mmlens.errors import MMLensError
 
 
 def load_samples(data: str, n: int, types: Sequence[str] | None, seed: int):
-    """Samples from ``--data``: ``shapes`` (the synthetic world, held-out seeds)."""
+    """Samples from ``--data``: ``shapes`` (the synthetic world, held-out seeds) or
+    ``<reader>:<path>`` for a benchmark on disk (see docs/datasets.md)."""
+    from mmlens.data.readers import load_dataset
     from mmlens.data.shapes import shapes_dataset
 
     if data == "shapes":
         return shapes_dataset(n, seed=seed, types=types or None)
-    raise MMLensError(f"--data {data!r} is not available yet: use --data shapes.")
+    if ":" not in data:
+        raise MMLensError(f"--data {data!r}: use 'shapes' or '<reader>:<path>', e.g. pope:/data/pope/coco_pope_random.json.")
+    samples = load_dataset(data, n=None if types else n)
+    if types:
+        samples = [s for s in samples if s.task in types][:n]
+    return samples
 
 
 def _flow(args: argparse.Namespace) -> int:
     from mmlens import HookedVLM
     from mmlens.analysis.flow_study import image_attention_example, run_flow_study, write_report
 
-    model = HookedVLM.from_pretrained(args.model)
     samples = load_samples(args.data, args.n, args.types, args.seed)
+    model = HookedVLM.from_pretrained(args.model)
     tables = run_flow_study(
         model, samples, args.out, window_size=args.window, template=args.template, filter_correct=args.filter_correct
     )
@@ -43,7 +50,8 @@ def _setup(args: argparse.Namespace):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return HookedVLM.from_pretrained(args.model), load_samples(args.data, args.n, args.types, args.seed), out
+    samples = load_samples(args.data, args.n, args.types, args.seed)  # fail on bad data before loading a model
+    return HookedVLM.from_pretrained(args.model), samples, out
 
 
 def _saliency(args: argparse.Namespace) -> int:
@@ -159,6 +167,34 @@ def _prune_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from mmlens.analysis import evaluate
+    from mmlens.pruning.spec import parse_policy
+    from mmlens.samples import answer_without_image, score
+
+    model, samples, out = _setup(args)
+    if args.pseudo_filter:  # seed 003: drop samples answered correctly without the image
+        samples = [s for s in tqdm(samples, desc="without image") if score(s, answer_without_image(model, s, args.template)) < 1]
+    base = evaluate(model, samples, template=args.template, progress=True)
+    if args.filter_correct:  # seed 002: keep samples the model answers correctly
+        keep = set(base.loc[base["correct"], "sample"])
+        samples = [s for s in samples if s.id in keep]
+        base = base[base["sample"].isin(keep)]
+    frames = [base.assign(policy="baseline")]
+    if args.policy:
+        frames.append(evaluate(model, samples, parse_policy(args.policy), template=args.template, progress=True).assign(policy=args.policy))
+    preds = pd.concat(frames)
+    preds.to_csv(out / "predictions.csv", index=False)
+    table = preds.groupby(["policy", "task"], sort=False)["score"].agg(["mean", "size"]).reset_index()
+    table.to_csv(out / "accuracy.csv", index=False)
+    (out / "accuracy.md").write_text("```\n" + table.to_string(index=False) + "\n```\n")
+    print(table.to_string(index=False))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import torch
     import transformers
@@ -192,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     flow = sub.add_parser("flow", help="attention knockout of the six flows, logit lens and attention shares")
     flow.add_argument("--model", default="shapes-llava", help="registered name or Hugging Face directory")
-    flow.add_argument("--data", default="shapes", help="shapes (synthetic, held-out seeds)")
+    flow.add_argument("--data", default="shapes", help="shapes (synthetic, held-out seeds) or <reader>:<path>")
     flow.add_argument("--types", nargs="*", default=None, help="question types to keep")
     flow.add_argument("--n", type=int, default=35, help="number of samples")
     flow.add_argument("--seed", type=int, default=0, help="dataset seed (0-9 are held out from training)")
@@ -205,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def study(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("--model", default="shapes-llava", help="registered name or Hugging Face directory")
-        p.add_argument("--data", default="shapes")
+        p.add_argument("--data", default="shapes", help="shapes or <reader>:<path> (docs/datasets.md)")
         p.add_argument("--types", nargs="*", default=None)
         p.add_argument("--n", type=int, default=14)
         p.add_argument("--seed", type=int, default=0)
@@ -233,6 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pe.add_argument("--policy", default="himap", help="fastv:K,R | himap:K1,R1,K2,R2 | truncate:K,keep")
     pe.add_argument("--repeats", type=int, default=5, help="timed prefills (median reported)")
     pe.set_defaults(func=_prune_eval)
+
+    ev = study("eval", "accuracy on a dataset, with and without a pruning policy, with the papers' filters")
+    ev.add_argument("--policy", default=None, help="optional: fastv:K,R | himap:K1,R1,K2,R2 | truncate:K,keep")
+    ev.add_argument("--filter-correct", action="store_true", help="keep samples answered correctly (seed 002)")
+    ev.add_argument("--pseudo-filter", action="store_true", help="drop samples answered correctly without the image (seed 003)")
+    ev.set_defaults(func=_eval)
 
     demo = sub.add_parser("demo", help="load a model, check parity with Hugging Face, cache every hook")
     demo.add_argument("--model", default=None, help="a Hugging Face LLaVA directory (default: tiny random)")

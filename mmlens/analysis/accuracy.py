@@ -12,21 +12,24 @@ from tqdm.auto import tqdm
 from mmlens.data.sample import Sample
 from mmlens.errors import check_layer
 from mmlens.pruning import Truncate
-from mmlens.samples import is_correct, sample_inputs
+from mmlens.samples import sample_inputs, score
 
 
 def evaluate(
     model, samples: Sequence[Sample], prune=None, *, template: str = "vicuna_v1", max_new_tokens: int = 4, progress: bool = False
 ) -> pd.DataFrame:
-    """The greedy answer of every sample and whether it matches the gold answer (lower-cased, stripped)."""
+    """The greedy answer of every sample, its benchmark score and whether it is correct (score 1).
+
+    The score is the sample's own metric (see :func:`mmlens.samples.score`)."""
     tok = model.processor.tokenizer
     rows = []
     for s in tqdm(samples, desc="evaluate", disable=not progress):
         inputs = sample_inputs(model, s, template)
         out = model.generate(inputs, max_new_tokens=max_new_tokens, prune=prune)
         answer = tok.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True).strip()
-        rows.append((s.id, s.task, s.answer, answer, is_correct(answer, s.answer)))
-    return pd.DataFrame(rows, columns=["sample", "task", "gold", "prediction", "correct"])
+        value = score(s, answer)
+        rows.append((s.id, s.task, s.answer, answer, value, value == 1.0))
+    return pd.DataFrame(rows, columns=["sample", "task", "gold", "prediction", "score", "correct"])
 
 
 @dataclass(frozen=True)

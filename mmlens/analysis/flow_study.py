@@ -14,7 +14,7 @@ from mmlens.analysis.knockout_sweep import PAPER_FLOWS, KnockoutResult, knockout
 from mmlens.analysis.lens import logit_lens
 from mmlens.analysis.shares import attention_share
 from mmlens.data.sample import Sample
-from mmlens.samples import greedy_answer, is_correct, sample_inputs
+from mmlens.samples import greedy_answer, sample_inputs, score
 
 TABLES = ("knockout", "lens", "shares")
 
@@ -49,7 +49,7 @@ def run_flow_study(
     for sample in tqdm(todo, desc="flow study", disable=not progress):
         inputs = sample_inputs(model, sample, template)
         answer = greedy_answer(model, inputs)
-        correct = is_correct(answer, sample.answer)
+        correct = score(sample, answer) == 1.0
         if correct or not filter_correct:
             ko = knockout_sweep(model, [sample], PAPER_FLOWS, window_size, template=template, progress=False).df
             words = [sample.answer] + ([sample.false_option] if sample.false_option else [])

@@ -27,9 +27,11 @@ def test_flow_study_writes_tables_figures_and_resumes(tmp_path, monkeypatch):
     assert ((sums - 1).abs() < 1e-4).all()
 
 
-def test_unknown_data_is_a_clear_error(tmp_path, capsys):
+def test_unknown_or_missing_data_is_a_clear_error(tmp_path, capsys):
     assert main(["flow", "--model", "tiny-random", "--data", "gqa:/nowhere", "--out", str(tmp_path)]) == 2
-    assert "--data shapes" in capsys.readouterr().err
+    assert "questions" in capsys.readouterr().err
+    assert main(["flow", "--model", "tiny-random", "--data", "imagenet", "--out", str(tmp_path)]) == 2
+    assert "<reader>:<path>" in capsys.readouterr().err
 
 
 def test_gradient_studies_write_their_tables_and_figures(tmp_path, monkeypatch):
@@ -55,3 +57,28 @@ def test_prune_eval_reports_accuracy_flops_and_latency(tmp_path, monkeypatch):
     assert table["policy"].tolist() == ["baseline", "fastv:1,0.5"]
     assert table["flops_exact_ratio"][1] < 1 and table["flops_estimate_ratio"][1] < table["flops_exact_ratio"][1]
     assert main(["prune-eval", "--model", "tiny-random", "--policy", "pyramid:1", "--n", "1", "--out", str(out)]) == 2
+
+
+def write_pope(root):
+    """A two-question POPE file in its public jsonl format, with its images."""
+    from PIL import Image
+
+    (root / "val2014").mkdir(parents=True)
+    lines = []
+    for i, (label, shape) in enumerate([("yes", "circle"), ("no", "star")]):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(root / "val2014" / name)
+        lines.append(json.dumps({"question_id": i, "image": name, "text": f"Is there a {shape} in the image?", "label": label}))
+    (root / "coco_pope_random.json").write_text("\n".join(lines) + "\n")
+
+
+def test_eval_and_flow_on_a_benchmark_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLENS_CACHE", str(tmp_path / "cache"))
+    write_pope(tmp_path / "pope")
+    data = ["--model", "tiny-random", "--data", f"pope:{tmp_path / 'pope'}", "--n", "2"]
+    assert main(["eval", *data, "--policy", "fastv:1,0.5", "--pseudo-filter", "--out", str(tmp_path / "e")]) == 0
+    preds = pd.read_csv(tmp_path / "e" / "predictions.csv")
+    assert set(preds["policy"]) <= {"baseline", "fastv:1,0.5"} and (preds["score"].between(0, 1)).all()
+    assert main(["flow", *data, "--window", "3", "--out", str(tmp_path / "f")]) == 0
+    ko = pd.read_csv(tmp_path / "f" / "knockout.csv")
+    assert ko["sample"].nunique() == 2 and (ko["task"] == "random").all()
