@@ -288,3 +288,28 @@ def chair(
     n_bad = sum(map(len, bad.values()))
     chair_i = n_bad / mentions if mentions else 0.0
     return ChairScores(len(bad) / len(captions), chair_i, len(captions), mentions, n_bad, bad)
+
+
+def cider(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> tuple[float, dict[str, float]]:
+    """CIDEr-D of captions through ``pycocoevalcap`` (install ``mmlens[cider]``).
+
+    Captions are lower-cased and split on whitespace after stripping punctuation, in place of the
+    Java PTB tokenizer, so no Java is needed. Document frequencies come from ``references``:
+    scores on a subset are not comparable with full-set numbers.
+
+    Returns:
+        The corpus score and the score of each id.
+    """
+    try:
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError:
+        raise MMLensError("CIDEr needs pycocoevalcap: pip install 'mmlens[cider]'.") from None
+
+    def tok(text: str) -> str:
+        return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+    ids = list(predictions)
+    gts = {i: [tok(r) for r in references[i]] for i in ids}
+    res = {i: [tok(predictions[i])] for i in ids}
+    score, per = Cider().compute_score(gts, res)
+    return float(score), {i: float(s) for i, s in zip(ids, per)}

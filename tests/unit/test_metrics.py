@@ -99,3 +99,14 @@ def test_caption_objects_phrases_and_plurals() -> None:
     assert found == [("men", "person"), ("wine glass", "wine glass"), ("hot dog", "hot dog"), ("skis", "skis"),
                      ("bus", "bus")]  # fmt: skip
     assert len(set(COCO_SYNONYMS.values())) == 80
+
+
+def test_cider_known_values():
+    from mmlens.metrics import cider
+
+    refs = {"1": ["A red circle, on the left."], "2": ["a blue square"], "3": ["two green stars"]}
+    score, per = cider({"1": "a red circle on the left", "2": "a blue square", "3": "nothing here"}, refs)
+    # A caption equal to its only reference scores 10 (CIDEr-D's scale, mean over n = 1..4); a
+    # 3-word one has no 4-grams, so 3 of 4 orders match: 7.5; one sharing no n-gram scores 0.
+    assert per["1"] == pytest.approx(10.0) and per["2"] == pytest.approx(7.5) and per["3"] == 0.0
+    assert score == pytest.approx(17.5 / 3)
