@@ -43,6 +43,7 @@ from mmlens.data.shapes import (
     _ASKERS,  # the question builders, asked here several times about one scene
     QUESTION_TYPES,
     COLOUR_RGB,
+    NO,
     SEED_STRIDE,
     SHAPE_NAMES,
     SYSTEM_PROMPT,
@@ -69,6 +70,10 @@ VISION_SPLIT = TRAIN_SPLIT + 50
 
 DESCRIBE = "What shape and colour are in the image?"
 """The auxiliary dense question; its answer names every object left to right."""
+COLOURS_QUESTION = "What colour is which shape?"
+"""Auxiliary question answered by :func:`colours_answer`."""
+SHAPES_QUESTION = "Which shape is what colour?"
+"""Auxiliary question answered by :func:`shapes_answer`."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,9 @@ class TrainConfig:
         minutes: Stop early after this many minutes of training (None: run all steps).
         images_per_step: Images (packed sequences) per step.
         turns_per_image: Question/answer turns packed after each image.
-        describe_rate: Chance that a turn is the describe turn instead of a question.
+        describe_rate: Chance that a turn is an auxiliary turn instead of a question.
+        aux_kinds: Auxiliary turn kinds drawn from (1: describe only; 3: also colour per shape
+            and shapes per colour), see :func:`aux_turn`.
         lr: Peak learning rate.
         final_lr_ratio: Learning rate at the last step, as a fraction of ``lr``.
         warmup: Linear warm-up steps.
@@ -108,6 +115,7 @@ class TrainConfig:
     images_per_step: int = 16
     turns_per_image: int = 8
     describe_rate: float = 0.15
+    aux_kinds: int = 1
     lr: float = 2e-3
     final_lr_ratio: float = 0.05
     warmup: int = 200
@@ -138,6 +146,31 @@ def describe_answer(objects: Sequence[ShapeObject]) -> str:
     return " ".join(f"{o.shape} {o.colour}" for o in ordered)
 
 
+def colours_answer(objects: Sequence[ShapeObject], cfg: ShapesConfig) -> str:
+    """``"circle Red square No triangle Blue star No"``: each shape of ``cfg``, then its colour or No."""
+    colour = {o.shape: o.colour.capitalize() for o in objects}
+    return " ".join(f"{s} {colour.get(s, NO)}" for s in cfg.shapes)
+
+
+def shapes_answer(objects: Sequence[ShapeObject], cfg: ShapesConfig) -> str:
+    """``"red Circle Star green No ..."``: each colour of ``cfg``, then its shapes left to right or No."""
+    ordered = sorted(objects, key=lambda o: o.centre_x)
+    parts = []
+    for c in cfg.colours:
+        shapes = [o.shape.capitalize() for o in ordered if o.colour == c]
+        parts.append(" ".join([c, *shapes]) if shapes else f"{c} {NO}")
+    return " ".join(parts)
+
+
+def aux_turn(kind: int, objects: Sequence[ShapeObject], cfg: ShapesConfig) -> tuple[str, str]:
+    """Auxiliary turn ``kind`` (0: describe, 1: colour per shape, 2: shapes per colour)."""
+    if kind == 0:
+        return DESCRIBE, describe_answer(objects)
+    if kind == 1:
+        return COLOURS_QUESTION, colours_answer(objects, cfg)
+    return SHAPES_QUESTION, shapes_answer(objects, cfg)
+
+
 def draw_turns(
     rng: np.random.Generator, objects: list[ShapeObject], config: TrainConfig
 ) -> list[tuple[str, str]]:
@@ -145,7 +178,7 @@ def draw_turns(
     turns: list[tuple[str, str]] = []
     while len(turns) < config.turns_per_image:
         if rng.random() < config.describe_rate:
-            turns.append((DESCRIBE, describe_answer(objects)))
+            turns.append(aux_turn(int(rng.integers(config.aux_kinds)), objects, config.scenes))
             continue
         qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
         question = _ASKERS[qtype](_Scene(rng, objects, config.scenes, bool(rng.random() < 0.5)))
