@@ -1,10 +1,11 @@
-"""The shapes-llava architecture, its prompt, and the held-out accuracy every user of it reports.
+"""The shapes-llava model: its architecture, its prompts, its training turns, its held-out score.
 
 The shipped default model is a Hugging Face ``LlavaForConditionalGeneration`` with nothing
 custom: a CLIP vision tower, a two-layer GELU projector and a Llama decoder with grouped-query
 attention, over the closed word-level vocabulary of the synthetic shapes world. This module
 holds what the training script, the benchmark and the tests share: how the model is shaped, how
-a question becomes a LLaVA-1.5 prompt, and how greedy first-token accuracy is scored.
+a question becomes a LLaVA-1.5 prompt (alone, or packed with others after one shared image),
+which auxiliary turns teach it to read the image, and how greedy first-token accuracy is scored.
 
 Seeds: splits ``0..9`` of :func:`mmlens.data.shapes.shapes_dataset` are reserved for held-out
 evaluation; training draws its scenes from splits ``>= TRAIN_SPLIT`` only.
@@ -21,13 +22,30 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import transformers
+from PIL import Image
 from transformers import LlavaProcessor
 
 from mmlens.data.sample import Sample
-from mmlens.data.shapes import SYSTEM_PROMPT, VOCAB_WORDS
+from mmlens.data.shapes import (
+    _ASKERS,  # the dataset's own question builders, asked several times about one scene
+    COLOUR_RGB,
+    NO,
+    QUESTION_TYPES,
+    REL_MARGIN_PX,
+    SHAPE_NAMES,
+    SYSTEM_PROMPT,
+    VOCAB_WORDS,
+    ShapeObject,
+    ShapesConfig,
+    _Scene,
+)
 from mmlens.zoo.tokenizer import IMAGE, build_processor, build_tokenizer
+
+Turn = tuple[str, str]
+"""A (question, answer) pair; the answer may be several words."""
 
 EVAL_SPLITS: tuple[int, ...] = tuple(range(10))
 """``shapes_dataset`` seeds reserved for held-out evaluation; training never draws from them."""
@@ -111,6 +129,216 @@ def shapes_llava_config(arch: ShapesArch, processor: LlavaProcessor) -> transfor
 def prompt(question: str) -> str:
     """The LLaVA-1.5 single-turn prompt; the tokenizer adds ``<s>`` and the answer follows ``:``."""
     return f"{SYSTEM_PROMPT} USER: {IMAGE}\n{question} ASSISTANT:"
+
+
+def prefix_ids(processor: LlavaProcessor, n_patches: int) -> list[int]:
+    """Ids of ``<s> {SYSTEM_PROMPT} USER :`` followed by ``n_patches`` image tokens."""
+    tok = processor.tokenizer
+    return tok(f"{SYSTEM_PROMPT} USER:")["input_ids"] + [tok.convert_tokens_to_ids(IMAGE)] * n_patches
+
+
+def pack(
+    processor: LlavaProcessor, prefix: list[int], turns_per_sequence: Sequence[Sequence[Turn]]
+) -> dict[str, torch.Tensor]:
+    """Token ids, block mask, position ids and labels of shared-prefix packed sequences.
+
+    Each sequence is ``prefix`` (system prompt and image) followed by its turns
+    `` {question} ASSISTANT: {answer}</s>``. The mask lets a turn see the prefix and itself only
+    and its position ids restart where the prefix ends, so every turn is computed exactly as the
+    single-turn :func:`prompt` followed by its answer.
+
+    Args:
+        processor: The model's processor.
+        prefix: Ids from :func:`prefix_ids`.
+        turns_per_sequence: Per sequence, its turns.
+
+    Returns:
+        ``input_ids``, ``position_ids`` and ``labels`` of shape ``(batch, pos)`` (right-padded;
+        labels ``-100`` except on answer tokens and ``</s>``) and an additive float
+        ``attention_mask`` of shape ``(batch, 1, pos, pos)``.
+    """
+    tok, n = processor.tokenizer, len(prefix)
+    rows = []
+    for turns in turns_per_sequence:
+        ids, pos, seg, lab = list(prefix), list(range(n)), [0] * n, [-100] * n
+        for j, (question, answer) in enumerate(turns, start=1):
+            q = tok(f" {question} ASSISTANT:", add_special_tokens=False)["input_ids"]
+            a = tok(f" {answer}{tok.eos_token}", add_special_tokens=False)["input_ids"]
+            ids += q + a
+            pos += range(n, n + len(q) + len(a))
+            seg += [j] * (len(q) + len(a))
+            lab += [-100] * len(q) + a
+        rows.append((ids, pos, seg, lab))
+    length = max(len(r[0]) for r in rows)
+
+    def padded(k: int, value: int) -> torch.Tensor:
+        return torch.tensor([r[k] + [value] * (length - len(r[k])) for r in rows])
+
+    seg = padded(2, -1)  # 0: shared prefix, j: turn j, -1: padding
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    visible = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
+    mask = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
+    return {
+        "input_ids": padded(0, tok.pad_token_id),
+        "position_ids": padded(1, 0),
+        "labels": padded(3, -100),
+        "attention_mask": mask[:, None],
+    }
+
+
+# Auxiliary turns. Each answer word after a shape (or colour) word is a one-hop lookup from that
+# word to its object's patches: the step every question type needs first, supervised directly.
+DESCRIBE = "What shape and colour are in the image?"
+COLOURS_QUESTION = "What colour is which shape?"
+SHAPES_QUESTION = "Which shape is what colour?"
+SIDES_QUESTION = "Which shape is left or right in the image?"
+AUX_KINDS = ("describe", "colours", "shapes", "side", "sides", "relations")
+"""Auxiliary turn kinds, in the order :func:`aux_turn` numbers them."""
+
+
+def describe_answer(objects: Sequence[ShapeObject]) -> str:
+    """``"circle red square blue"``: every object's shape and colour, left to right."""
+    ordered = sorted(objects, key=lambda o: o.centre_x)
+    return " ".join(f"{o.shape} {o.colour}" for o in ordered)
+
+
+def colours_answer(objects: Sequence[ShapeObject], cfg: ShapesConfig) -> str:
+    """``"circle Red square No triangle Blue star No"``: each shape of ``cfg``, then its colour or No."""
+    colour = {o.shape: o.colour.capitalize() for o in objects}
+    return " ".join(f"{s} {colour.get(s, NO)}" for s in cfg.shapes)
+
+
+def shapes_answer(objects: Sequence[ShapeObject], cfg: ShapesConfig) -> str:
+    """``"red Circle Star green No ..."``: each colour of ``cfg``, then its shapes left to right or No."""
+    ordered = sorted(objects, key=lambda o: o.centre_x)
+    parts = []
+    for c in cfg.colours:
+        shapes = [o.shape.capitalize() for o in ordered if o.colour == c]
+        parts.append(" ".join([c, *shapes]) if shapes else f"{c} {NO}")
+    return " ".join(parts)
+
+
+def sides_answer(objects: Sequence[ShapeObject], cfg: ShapesConfig) -> str:
+    """``"circle Left square No triangle Right star No"``: each shape of ``cfg``, then its image half or No."""
+    middle = cfg.image_size / 2
+    side = {o.shape: "Left" if o.centre_x < middle else "Right" for o in objects}
+    return " ".join(f"{s} {side.get(s, NO)}" for s in cfg.shapes)
+
+
+def side_turn(rng: np.random.Generator, objects: Sequence[ShapeObject], cfg: ShapesConfig) -> Turn | None:
+    """``Is the circle left or right in the image?``: a ChooseRel question against the image middle.
+
+    A one-object stepping stone to the two-object relation: the same words and answer slot, with
+    the middle of the image as the reference. Objects within ``REL_MARGIN_PX / 2`` of the middle
+    are not asked about; None when every object is.
+    """
+    middle = cfg.image_size / 2
+    clear = [o for o in objects if abs(o.centre_x - middle) >= REL_MARGIN_PX / 2]
+    if not clear:
+        return None
+    obj = clear[int(rng.integers(len(clear)))]
+    side = "left" if obj.centre_x < middle else "right"
+    a, b = ("left", "right") if rng.random() < 0.5 else ("right", "left")
+    return f"Is the {obj.shape} {a} or {b} in the image?", side.capitalize()
+
+
+def relations_turn(rng: np.random.Generator, objects: Sequence[ShapeObject], cfg: ShapesConfig) -> Turn | None:
+    """``Which shape is left or right of the circle?`` answered ``square Right star Left``.
+
+    Every other object (in ``cfg.shapes`` order) is named, then its side relative to the
+    reference named in the question: a later shape word compares its own object's position with
+    an earlier word's, the step a ChooseRel answer needs. Pairs closer than ``REL_MARGIN_PX`` are
+    left out; None when no pair is clear.
+    """
+    reference = objects[int(rng.integers(len(objects)))]
+    others = sorted(
+        (o for o in objects if abs(o.centre_x - reference.centre_x) >= REL_MARGIN_PX),
+        key=lambda o: cfg.shapes.index(o.shape),
+    )
+    if not others:
+        return None
+    answer = " ".join(f"{o.shape} {'Left' if o.centre_x < reference.centre_x else 'Right'}" for o in others)
+    return f"Which shape is left or right of the {reference.shape}?", answer
+
+
+def aux_turn(kind: int, objects: Sequence[ShapeObject], cfg: ShapesConfig, rng: np.random.Generator) -> Turn:
+    """Auxiliary turn number ``kind`` of ``AUX_KINDS``; a side or relations turn that the scene
+    cannot carry falls back to describe."""
+    if kind == 4:
+        return SIDES_QUESTION, sides_answer(objects, cfg)
+    if kind in (3, 5):
+        turn = (side_turn if kind == 3 else relations_turn)(rng, objects, cfg)
+        if turn is not None:
+            return turn
+    if kind in (0, 3, 5):
+        return DESCRIBE, describe_answer(objects)
+    if kind == 1:
+        return COLOURS_QUESTION, colours_answer(objects, cfg)
+    return SHAPES_QUESTION, shapes_answer(objects, cfg)
+
+
+def draw_turns(
+    rng: np.random.Generator,
+    objects: list[ShapeObject],
+    cfg: ShapesConfig,
+    n_turns: int,
+    aux_rate: float,
+    aux_kinds: int = len(AUX_KINDS),
+    type_weights: np.ndarray | None = None,
+) -> list[Turn]:
+    """``n_turns`` turns about one scene: auxiliary with chance ``aux_rate``, else a question.
+
+    Args:
+        rng: Source of randomness.
+        objects: The scene's objects.
+        cfg: The scene configuration.
+        n_turns: Turns to draw.
+        aux_rate: Chance that a turn is auxiliary (kind uniform among the first ``aux_kinds``).
+        aux_kinds: How many of ``AUX_KINDS`` to draw from.
+        type_weights: Probabilities of ``QUESTION_TYPES`` (uniform when None); a type the scene
+            cannot carry is redrawn.
+
+    Returns:
+        The turns, in order.
+    """
+    turns: list[Turn] = []
+    while len(turns) < n_turns:
+        if rng.random() < aux_rate:
+            turns.append(aux_turn(int(rng.integers(aux_kinds)), objects, cfg, rng))
+            continue
+        qtype = QUESTION_TYPES[int(rng.choice(len(QUESTION_TYPES), p=type_weights))]
+        question = _ASKERS[qtype](_Scene(rng, objects, cfg, bool(rng.random() < 0.5)))
+        if question is not None:
+            turns.append((question.text, question.answer))
+    return turns
+
+
+def patch_labels(objects: Sequence[ShapeObject], image: Image.Image, patch_size: int) -> np.ndarray:
+    """Per patch, ``(shape, colour, column)`` classes of the object covering most of it.
+
+    Classes are ``1 + index`` into ``SHAPE_NAMES`` / ``COLOUR_RGB`` and ``1 +`` the patch column
+    of the object's centre, 0 for background; a patch needs at least an eighth of its pixels on
+    one object to take that object's classes.
+
+    Returns:
+        Integer array of shape ``(grid * grid, 3)``, patches in raster order.
+    """
+    pixels = np.asarray(image)
+    owner = np.zeros(pixels.shape[:2], dtype=np.int64)  # 0: background, k: objects[k - 1]
+    drawn = pixels.any(axis=-1)
+    for k, obj in enumerate(objects, start=1):
+        x0, y0, x1, y1 = obj.box
+        owner[y0:y1, x0:x1] = np.where(drawn[y0:y1, x0:x1], k, owner[y0:y1, x0:x1])
+    grid = owner.shape[0] // patch_size
+    # (grid*ps, grid*ps) -> (grid*grid patches, ps*ps pixels), patches in raster order
+    blocks = owner.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    counts = np.stack([(blocks == k).sum(axis=1) for k in range(len(objects) + 1)], axis=1)
+    counts[:, 0] = patch_size * patch_size // 8  # background wins below an eighth of a patch
+    table = [(0, 0, 0)] + [
+        (SHAPE_NAMES.index(o.shape) + 1, list(COLOUR_RGB).index(o.colour) + 1, int(o.centre_x // patch_size) + 1)
+        for o in objects
+    ]
+    return np.array(table)[counts.argmax(axis=1)]
 
 
 @torch.no_grad()

@@ -1,22 +1,26 @@
 """Train the shipped shapes-llava model: ``python -m mmlens.zoo.train_shapes --out DIR``.
 
-Recipe, and why (earlier trials plateaued at the base rate of each question type because the
-decoder never learned to look up the patches of the object a question names):
+Earlier trials stayed at the base rate of most question types: the decoder never learned to
+look up the patches of the object a question names. The recipe attacks that lookup directly:
 
-* **Shared-prefix packing.** One sequence holds the system prompt and the 64 image tokens once,
-  followed by several question/answer turns about that image. A block mask lets every turn see
-  the prefix and itself only, and its position ids restart where the prefix ends, so each turn is
-  exactly a single-turn LLaVA-1.5 sample (no answer can leak from one turn into another), while
-  the image and prompt are encoded once for many supervised answers.
-* **A dense "describe" turn** (LLaVA stage-1 spirit): ``What shape and colour are in the
-  image?`` answered ``circle red square blue`` with objects ordered left to right. Predicting
-  the colour right after a shape word is a one-hop lookup from a shape token to that object's
-  patches, the very lookup every question type needs; predicting the next shape teaches order.
-* AdamW with warm-up and cosine decay; the loss covers answer tokens and ``</s>`` only.
+1. **Vision stage.** The CLIP tower alone learns to name, at every patch of its feature layer
+   (the projector's input), the shape, colour and column of the object there (linear heads, a
+   thermometer code for the column so that left/right is an ordered direction). Shape is the
+   slow part to learn from scratch; doing it first, on many cheap images, removes a moving target.
+2. **VQA stage**, everything trained end to end, the patch heads kept as an auxiliary loss:
+   * shared-prefix packing (:func:`mmlens.zoo.shapes_model.pack`): the system prompt and the 64
+     image tokens once, then several turns that each see only that prefix and themselves, with
+     the position ids of a single-turn prompt, so every turn is exactly an evaluation-format
+     sample and one image forward pass serves many supervised answers;
+   * auxiliary turns (``AUX_KINDS``) in which the word after a shape or colour word is a
+     one-hop lookup of that object (its colour, its image half, its side of a reference object);
+   * question types drawn half uniformly, half in proportion to their held-out error.
+   AdamW with warm-up and cosine decay; the loss covers answer tokens and ``</s>`` only.
 
-Every random draw is seeded: the weights from ``--seed``, and training scenes from the
-``shapes_dataset``-style seeds ``(TRAIN_SPLIT + seed) * SEED_STRIDE + i`` (image ``i``), so
-splits ``0..9`` stay held out. The defaults reproduce the shipped checkpoint.
+Seeds: the weights come from ``--seed``; vision-stage images from the ``shapes_dataset``-style
+seeds ``(VISION_SPLIT + seed) * SEED_STRIDE + i`` and VQA images from ``(TRAIN_SPLIT + seed) *
+SEED_STRIDE + i``, so the held-out splits ``0..9`` are never drawn. The defaults reproduce the
+shipped checkpoint (bit for bit on the same CPU type and thread count).
 """
 
 from __future__ import annotations
@@ -34,78 +38,63 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from PIL import Image
 from tqdm.auto import trange
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import LlavaProcessor
 
-from mmlens.data.shapes import (
-    _ASKERS,  # the question builders, asked here several times about one scene
-    QUESTION_TYPES,
-    COLOUR_RGB,
-    NO,
-    SEED_STRIDE,
-    SHAPE_NAMES,
-    SYSTEM_PROMPT,
-    ShapesConfig,
-    ShapeObject,
-    _Scene,
-    draw_scene,
-    shapes_dataset,
-)
+from mmlens.data.shapes import QUESTION_TYPES, SEED_STRIDE, ShapesConfig, draw_scene, shapes_dataset
 from mmlens.zoo.shapes_model import (
+    AUX_KINDS,
     MONITOR_SPLIT,
     TRAIN_SPLIT,
     ShapesArch,
     accuracy_by_type,
+    draw_turns,
+    pack,
+    patch_labels,
+    prefix_ids,
     shapes_llava_config,
     shapes_processor,
 )
-from mmlens.zoo.tokenizer import IMAGE
 
 logger = logging.getLogger(__name__)
 
 VISION_SPLIT = TRAIN_SPLIT + 50
-"""Scenes of the vision stage come from split ``VISION_SPLIT + seed``, those of the QA stage from ``TRAIN_SPLIT + seed``."""
+"""First split seed of vision-stage images (``VISION_SPLIT + seed``)."""
 
-DESCRIBE = "What shape and colour are in the image?"
-"""The auxiliary dense question; its answer names every object left to right."""
-COLOURS_QUESTION = "What colour is which shape?"
-"""Auxiliary question answered by :func:`colours_answer`."""
-SHAPES_QUESTION = "Which shape is what colour?"
-"""Auxiliary question answered by :func:`shapes_answer`."""
+PATCH_TARGETS, PATCH_CLASSES = 3, 16
+"""Per-patch auxiliary targets (shape, colour, object column) and the classes of each head."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training knobs; the architecture is ``arch``.
+    """Training knobs; the architecture is ``arch``. The defaults made the shipped checkpoint.
 
     Attributes:
         arch: Model sizes.
         scenes: How training scenes are drawn.
-        steps: Optimiser steps.
-        minutes: Stop early after this many minutes of training (None: run all steps).
-        images_per_step: Images (packed sequences) per step.
-        turns_per_image: Question/answer turns packed after each image.
-        describe_rate: Chance that a turn is an auxiliary turn instead of a question.
-        aux_kinds: Auxiliary turn kinds drawn from (1: describe only; 3: also colour per shape
-            and shapes per colour), see :func:`aux_turn`.
-        lr: Peak learning rate.
-        final_lr_ratio: Learning rate at the last step, as a fraction of ``lr``.
-        warmup: Linear warm-up steps.
-        weight_decay: AdamW weight decay on matrices.
+        steps: Optimiser steps of the VQA stage.
+        minutes: Stop the VQA stage after this many minutes (None: run all steps).
+        images_per_step: Images (packed sequences) per VQA step.
+        turns_per_image: Turns packed after each image.
+        aux_rate: Chance that a turn is auxiliary rather than a question.
+        aux_kinds: How many of ``AUX_KINDS`` auxiliary turns are drawn from.
+        adaptive_types: After each held-out check, draw question types half uniformly and half
+            in proportion to their held-out error.
+        lr: Peak learning rate of the VQA stage.
+        final_lr_ratio: Learning rate at the last step, as a fraction of the peak.
+        warmup: Linear warm-up steps (both stages).
+        weight_decay: AdamW weight decay (matrices only in the VQA stage).
         betas: AdamW betas.
         grad_clip: Gradient norm clip.
+        patch_aux_weight: Weight of the per-patch loss during the VQA stage (0: off).
+        vision_steps: Steps of the vision stage (0: skip it).
+        vision_images_per_step: Images per vision step.
+        vision_lr: Peak learning rate of the vision stage.
         seed: Seed of the weights and of the training scenes.
-        threads: Torch CPU threads.
-        eval_every: Steps between held-out checks (0: none).
-        eval_per_type: Held-out samples per type for those checks.
-        patch_aux_weight: Weight of an auxiliary per-patch loss on the vision features (the
-            projector's input): linear heads name the shape and colour of the object covering
-            each patch. The heads are dropped after training; 0 disables them.
-        vision_steps: Steps of a first stage that trains only the vision tower and those heads.
-        vision_images_per_step: Images per step of that stage.
-        vision_lr: Peak learning rate of that stage.
+        threads: Torch CPU threads. One keeps a run unaffected by a busy second core.
+        eval_every: VQA steps between held-out checks (0: none; the adaptive mix then stays uniform).
+        eval_per_type: Held-out samples per type for those checks (split ``MONITOR_SPLIT``).
     """
 
     arch: ShapesArch = field(default_factory=ShapesArch)
@@ -114,160 +103,68 @@ class TrainConfig:
     minutes: float | None = None
     images_per_step: int = 16
     turns_per_image: int = 8
-    describe_rate: float = 0.15
-    aux_kinds: int = 1
+    aux_rate: float = 0.4
+    aux_kinds: int = len(AUX_KINDS)
+    adaptive_types: bool = True
     lr: float = 2e-3
     final_lr_ratio: float = 0.05
     warmup: int = 200
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
-    seed: int = 0
-    threads: int = 2
-    eval_every: int = 250
-    eval_per_type: int = 40
-    patch_aux_weight: float = 0.0
-    vision_steps: int = 0
+    patch_aux_weight: float = 1.0
+    vision_steps: int = 1000
     vision_images_per_step: int = 64
     vision_lr: float = 3e-3
+    seed: int = 0
+    threads: int = 1
+    eval_every: int = 250
+    eval_per_type: int = 40
 
 
 SMALL = TrainConfig(
     arch=ShapesArch(d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_mlp=64, vision_d_model=32,
                     vision_layers=2, vision_heads=2, vision_d_mlp=64),
-    steps=5, images_per_step=2, turns_per_image=3, warmup=1, eval_every=0, eval_per_type=2,
+    steps=5, images_per_step=2, turns_per_image=3, warmup=1, vision_steps=2,
+    vision_images_per_step=4, eval_every=0, eval_per_type=2,
 )  # fmt: skip
 """A seconds-long smoke-test configuration."""
 
 
-def describe_answer(objects: Sequence[ShapeObject]) -> str:
-    """``"circle red square blue"``: every object's shape and colour, left to right."""
-    ordered = sorted(objects, key=lambda o: o.centre_x)
-    return " ".join(f"{o.shape} {o.colour}" for o in ordered)
+class PatchHeads(torch.nn.Module):
+    """Linear heads on the vision features naming each patch's object; a training loss only.
 
-
-def colours_answer(objects: Sequence[ShapeObject], cfg: ShapesConfig) -> str:
-    """``"circle Red square No triangle Blue star No"``: each shape of ``cfg``, then its colour or No."""
-    colour = {o.shape: o.colour.capitalize() for o in objects}
-    return " ".join(f"{s} {colour.get(s, NO)}" for s in cfg.shapes)
-
-
-def shapes_answer(objects: Sequence[ShapeObject], cfg: ShapesConfig) -> str:
-    """``"red Circle Star green No ..."``: each colour of ``cfg``, then its shapes left to right or No."""
-    ordered = sorted(objects, key=lambda o: o.centre_x)
-    parts = []
-    for c in cfg.colours:
-        shapes = [o.shape.capitalize() for o in ordered if o.colour == c]
-        parts.append(" ".join([c, *shapes]) if shapes else f"{c} {NO}")
-    return " ".join(parts)
-
-
-def aux_turn(kind: int, objects: Sequence[ShapeObject], cfg: ShapesConfig) -> tuple[str, str]:
-    """Auxiliary turn ``kind`` (0: describe, 1: colour per shape, 2: shapes per colour)."""
-    if kind == 0:
-        return DESCRIBE, describe_answer(objects)
-    if kind == 1:
-        return COLOURS_QUESTION, colours_answer(objects, cfg)
-    return SHAPES_QUESTION, shapes_answer(objects, cfg)
-
-
-def draw_turns(
-    rng: np.random.Generator, objects: list[ShapeObject], config: TrainConfig
-) -> list[tuple[str, str]]:
-    """``config.turns_per_image`` (question, answer) pairs about one scene, types drawn uniformly."""
-    turns: list[tuple[str, str]] = []
-    while len(turns) < config.turns_per_image:
-        if rng.random() < config.describe_rate:
-            turns.append(aux_turn(int(rng.integers(config.aux_kinds)), objects, config.scenes))
-            continue
-        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
-        question = _ASKERS[qtype](_Scene(rng, objects, config.scenes, bool(rng.random() < 0.5)))
-        if question is not None:  # the scene cannot carry this type: draw another
-            turns.append((question.text, question.answer))
-    return turns
-
-
-def patch_labels(objects: Sequence[ShapeObject], image: Image.Image, patch_size: int) -> np.ndarray:
-    """Per patch, ``(shape, colour)`` class of the object covering most of it (0: background).
-
-    Classes are ``1 + index`` into ``SHAPE_NAMES`` / ``COLOUR_RGB``; a patch needs at least an
-    eighth of its pixels on one object to take that object's classes.
-
-    Returns:
-        Integer array of shape ``(grid * grid, 2)``, patches in raster order.
+    Besides a class per target, the object's column is read as a thermometer code (``column > k``
+    for every ``k``) so that horizontal position becomes an ordered direction in the features.
     """
-    pixels = np.asarray(image)
-    owner = np.zeros(pixels.shape[:2], dtype=np.int64)  # 0: background, k: objects[k - 1]
-    drawn = pixels.any(axis=-1)
-    for k, obj in enumerate(objects, start=1):
-        x0, y0, x1, y1 = obj.box
-        owner[y0:y1, x0:x1] = np.where(drawn[y0:y1, x0:x1], k, owner[y0:y1, x0:x1])
-    grid = owner.shape[0] // patch_size
-    blocks = owner.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
-    counts = np.stack([(blocks == k).sum(axis=1) for k in range(len(objects) + 1)], axis=1)
-    counts[:, 0] = patch_size * patch_size // 8  # background wins below an eighth of a patch
-    best = counts.argmax(axis=1)
-    table = np.array([(0, 0)] + [(SHAPE_NAMES.index(o.shape) + 1, list(COLOUR_RGB).index(o.colour) + 1)
-                                 for o in objects])  # fmt: skip
-    return table[best]
 
+    def __init__(self, d_model: int, grid: int) -> None:
+        super().__init__()
+        self.classes = torch.nn.Linear(d_model, PATCH_TARGETS * PATCH_CLASSES)
+        self.order = torch.nn.Linear(d_model, grid - 1)
 
-def pack(
-    processor: LlavaProcessor,
-    prefix_ids: list[int],
-    turns_per_sequence: Sequence[Sequence[tuple[str, str]]],
-) -> dict[str, torch.Tensor]:
-    """Token ids, block mask, position ids and labels of shared-prefix packed sequences.
-
-    Args:
-        processor: The model's processor.
-        prefix_ids: ``<s>``, system prompt, ``USER :`` and the expanded image tokens.
-        turns_per_sequence: Per sequence, its (question, answer) turns.
-
-    Returns:
-        ``input_ids``, ``position_ids`` and ``labels`` of shape ``(batch, pos)`` (right-padded,
-        labels ``-100`` except on answer tokens and ``</s>``) and an additive float
-        ``attention_mask`` of shape ``(batch, 1, pos, pos)``.
-    """
-    tok = processor.tokenizer
-    rows = []
-    for turns in turns_per_sequence:
-        ids, pos, seg, lab = list(prefix_ids), list(range(len(prefix_ids))), [0] * len(prefix_ids), [-100] * len(prefix_ids)
-        for j, (question, answer) in enumerate(turns, start=1):
-            q = tok(f" {question} ASSISTANT:", add_special_tokens=False)["input_ids"]
-            a = tok(f" {answer}{tok.eos_token}", add_special_tokens=False)["input_ids"]
-            ids += q + a
-            pos += range(len(prefix_ids), len(prefix_ids) + len(q) + len(a))
-            seg += [j] * (len(q) + len(a))
-            lab += [-100] * len(q) + a
-        rows.append((ids, pos, seg, lab))
-    length = max(len(r[0]) for r in rows)
-
-    def padded(k: int, value: int) -> torch.Tensor:
-        return torch.tensor([r[k] + [value] * (length - len(r[k])) for r in rows])
-
-    seg = padded(2, -1)  # 0: shared prefix, j: turn j, -1: padding
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    visible = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
-    mask = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
-    return {
-        "input_ids": padded(0, tok.pad_token_id),
-        "position_ids": padded(1, 0),
-        "labels": padded(3, -100),
-        "attention_mask": mask[:, None],
-    }
-
-
-def prefix_ids(processor: LlavaProcessor, n_patches: int) -> list[int]:
-    """Ids of ``<s> {SYSTEM_PROMPT} USER :`` followed by ``n_patches`` image tokens."""
-    tok = processor.tokenizer
-    return tok(f"{SYSTEM_PROMPT} USER:")["input_ids"] + [tok.convert_tokens_to_ids(IMAGE)] * n_patches
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of ``features`` ``(batch, patch, d)`` against ``patch_labels`` ``(batch, patch, 3)``."""
+        logits = self.classes(features).unflatten(-1, (PATCH_TARGETS, PATCH_CLASSES))
+        loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten())
+        column, on_object = targets[..., 2] - 1, targets[..., 2] > 0
+        above = (column[..., None] >= torch.arange(1, self.order.out_features + 1)).float()
+        order = F.binary_cross_entropy_with_logits(self.order(features), above, reduction="none")
+        return loss + (order.mean(-1) * on_object).sum() / on_object.sum().clamp(min=1)
 
 
 def make_batch(
-    processor: LlavaProcessor, config: TrainConfig, step: int, prefix: list[int]
+    processor: LlavaProcessor,
+    config: TrainConfig,
+    step: int,
+    prefix: list[int],
+    type_weights: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The packed batch of ``step``: images ``step * images_per_step + b`` of the training split."""
+    """The packed batch of VQA ``step``: images ``step * images_per_step + b`` of the training split.
+
+    Returns:
+        :func:`pack`'s tensors plus ``pixel_values`` and ``patch_labels`` ``(batch, patch, 3)``.
+    """
     images, turns, patches = [], [], []
     for b in range(config.images_per_step):
         index = step * config.images_per_step + b
@@ -276,7 +173,8 @@ def make_batch(
         rng = np.random.default_rng((TRAIN_SPLIT + config.seed) * SEED_STRIDE + index)
         image, objects = draw_scene(rng, config.scenes)
         images.append(image)
-        turns.append(draw_turns(rng, objects, config))
+        turns.append(draw_turns(rng, objects, config.scenes, config.turns_per_image, config.aux_rate,
+                                config.aux_kinds, type_weights))  # fmt: skip
         patches.append(patch_labels(objects, image, config.arch.patch_size))
     batch = pack(processor, prefix, turns)
     batch["pixel_values"] = processor.image_processor(images, return_tensors="pt")["pixel_values"]
@@ -284,30 +182,29 @@ def make_batch(
     return batch
 
 
-def _lr_factor(step: int, config: TrainConfig, steps: int | None = None) -> float:
+def _lr_factor(step: int, config: TrainConfig, steps: int) -> float:
     if step < config.warmup:
         return (step + 1) / config.warmup
-    steps = config.steps if steps is None else steps
     progress = (step - config.warmup) / max(1, steps - config.warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.final_lr_ratio + (1 - config.final_lr_ratio) * cosine
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+def _type_weights(accuracy: dict[str, float]) -> np.ndarray:
+    """Half uniform, half proportional to each type's held-out error."""
+    error = np.array([1.0 - accuracy[t] for t in QUESTION_TYPES])
+    uniform = np.full(len(QUESTION_TYPES), 1.0 / len(QUESTION_TYPES))
+    return uniform if error.sum() == 0 else 0.5 * uniform + 0.5 * error / error.sum()
 
 
 def pretrain_vision(
     model: transformers.LlavaForConditionalGeneration,
-    heads: torch.nn.Linear,
+    heads: PatchHeads,
     processor: LlavaProcessor,
     config: TrainConfig,
-    progress: bool,
+    progress: bool = False,
 ) -> float:
-    """Stage 1: train the vision tower alone to name each patch's shape and colour; returns the last loss."""
+    """Stage 1: train the vision tower alone against ``heads``; returns the last loss."""
     vision = model.model.vision_tower
     params = [*vision.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.vision_lr, betas=config.betas, weight_decay=config.weight_decay)
@@ -322,15 +219,21 @@ def pretrain_vision(
             images.append(image)
             targets.append(patch_labels(objects, image, config.arch.patch_size))
         pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        hidden = vision(pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:]
-        logits = heads(hidden).unflatten(-1, (2, 8))
-        loss = F.cross_entropy(logits.flatten(0, 2), torch.from_numpy(np.stack(targets)).flatten())
+        hidden = vision(pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:]  # CLS dropped
+        loss = heads(hidden, torch.from_numpy(np.stack(targets)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         scheduler.step()
     return loss.item()
+
+
+def _vqa_optimizer(modules: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in modules.parameters() if p.ndim >= 2]
+    rest = [p for p in modules.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
 def train(
@@ -340,7 +243,7 @@ def train(
 
     Args:
         config: Training configuration; the default reproduces the shipped checkpoint.
-        progress: Show a tqdm progress bar.
+        progress: Show tqdm progress bars.
         history: When given, one record per held-out check and a final summary are appended.
 
     Returns:
@@ -348,32 +251,31 @@ def train(
     """
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    history = [] if history is None else history
     processor = shapes_processor(config.arch)
-    model = transformers.LlavaForConditionalGeneration(shapes_llava_config(config.arch, processor))
-    model.train()
-    heads = torch.nn.Linear(config.arch.vision_d_model, 2 * 8)  # shape and colour logits
-    features: list[torch.Tensor] = []
-    if config.patch_aux_weight > 0:
-        model.model.multi_modal_projector.register_forward_pre_hook(lambda _, args: features.append(args[0]))
+    model = transformers.LlavaForConditionalGeneration(shapes_llava_config(config.arch, processor)).train()
+    heads = PatchHeads(config.arch.vision_d_model, config.arch.image_size // config.arch.patch_size)
+    start = time.perf_counter()
     if config.vision_steps:
         vision_loss = pretrain_vision(model, heads, processor, config, progress)
+        history.append({"stage": "vision", "patch_loss": vision_loss, "minutes": (time.perf_counter() - start) / 60})
         logger.info("stage 1 (vision) done: patch loss %.4f", vision_loss)
-    optimizer = _optimizer(torch.nn.ModuleList([model, heads]), config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+    features: list[torch.Tensor] = []  # the projector's input, caught for the patch loss
+    hook = model.model.multi_modal_projector.register_forward_pre_hook(lambda _, args: features.append(args[0]))
+    optimizer = _vqa_optimizer(torch.nn.ModuleList([model, heads]), config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config, config.steps))
     monitor = shapes_dataset(config.eval_per_type * len(QUESTION_TYPES), MONITOR_SPLIT, QUESTION_TYPES)
     prefix = prefix_ids(processor, config.arch.n_patches)
-    history = [] if history is None else history
-    start, step = time.perf_counter(), 0
-    bar = trange(config.steps, disable=not progress, desc="train shapes-llava")
+    step, type_weights = 0, None
+    bar = trange(config.steps, disable=not progress, desc="stage 2: VQA")
     for step in bar:
-        batch = make_batch(processor, config, step, prefix)
+        batch = make_batch(processor, config, step, prefix, type_weights)
         labels, patch_targets = batch.pop("labels"), batch.pop("patch_labels")
         features.clear()
         logits = model(**batch).logits[:, :-1]
         loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        if features:
-            aux = heads(features.pop()).unflatten(-1, (2, 8))  # (batch, patch, 2, 8)
-            loss = loss + config.patch_aux_weight * F.cross_entropy(aux.flatten(0, 2), patch_targets.flatten())
+        if config.patch_aux_weight > 0:
+            loss = loss + config.patch_aux_weight * heads(features.pop(), patch_targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -383,12 +285,15 @@ def train(
         minutes = (time.perf_counter() - start) / 60
         if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
             acc = accuracy_by_type(model, processor, monitor)
+            if config.adaptive_types:
+                type_weights = _type_weights(acc)
             history.append({"step": step + 1, "minutes": round(minutes, 2), "loss": loss.item(), **acc})
             logger.info("step %d (%.1f min) loss %.4f | %s", step + 1, minutes, loss.item(),
                         " ".join(f"{k} {v:.2f}" for k, v in acc.items()))  # fmt: skip
             model.train()
         if config.minutes is not None and minutes >= config.minutes:
             break
+    hook.remove()
     history.append({"summary": True, "steps_done": step + 1, "minutes": (time.perf_counter() - start) / 60})
     return model.eval(), processor
 
@@ -414,15 +319,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m mmlens.zoo.train_shapes --out DIR [--steps N] [--small]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (Hugging Face format)")
-    parser.add_argument("--steps", type=int, help="optimiser steps")
-    parser.add_argument("--minutes", type=float, help="stop after this many minutes")
+    parser.add_argument("--steps", type=int, help="VQA-stage optimiser steps")
+    parser.add_argument("--minutes", type=float, help="stop the VQA stage after this many minutes")
     parser.add_argument("--seed", type=int, help="seed of weights and training scenes")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (numerics may differ slightly)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (the last bits of numerics may differ)")
     parser.add_argument("--small", action="store_true", help="tiny smoke-test configuration")
     args = parser.parse_args(argv)
-    config = SMALL if args.small else TrainConfig()
     overrides = {k: getattr(args, k) for k in ("steps", "minutes", "seed", "threads") if getattr(args, k) is not None}
-    config = replace(config, **overrides)
+    config = replace(SMALL if args.small else TrainConfig(), **overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     history: list[dict] = []
     with logging_redirect_tqdm():

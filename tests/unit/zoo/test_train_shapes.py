@@ -1,4 +1,4 @@
-"""Smoke tests of the shapes-llava training script: packing is exact, a few steps train and save."""
+"""Smoke tests of the shapes-llava training script: packing is exact, turns are right, a few steps train and save."""
 
 from __future__ import annotations
 
@@ -8,26 +8,78 @@ from dataclasses import replace
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from mmlens.data.shapes import QUESTION_TYPES, ShapeObject, make_sample, shapes_dataset
-from mmlens.zoo.shapes_model import TRAIN_SPLIT, EVAL_SPLITS, accuracy_by_type, prompt
-from mmlens.zoo.train_shapes import (
-    SMALL,
+import numpy as np
+from PIL import Image
+
+from mmlens.data.shapes import QUESTION_TYPES, ShapeObject, ShapesConfig, make_sample, shapes_dataset
+from mmlens.zoo.shapes_model import (
+    AUX_KINDS,
+    EVAL_SPLITS,
+    TRAIN_SPLIT,
+    accuracy_by_type,
+    aux_turn,
+    colours_answer,
     describe_answer,
-    main,
-    make_batch,
+    draw_turns,
     pack,
+    patch_labels,
     prefix_ids,
-    train,
+    prompt,
+    relations_turn,
+    shapes_answer,
+    sides_answer,
 )
+from mmlens.zoo.train_shapes import SMALL, VISION_SPLIT, main, make_batch, train
+
+# A star on the right, a circle on the left, a blue square in the middle.
+OBJECTS = [
+    ShapeObject("star", "red", (40, 0, 60, 20)),
+    ShapeObject("circle", "blue", (0, 0, 20, 20)),
+    ShapeObject("square", "blue", (22, 30, 38, 46)),
+]
 
 
 def test_training_seeds_avoid_held_out_splits() -> None:
-    assert TRAIN_SPLIT > max(EVAL_SPLITS)
+    assert min(TRAIN_SPLIT, VISION_SPLIT) > max(EVAL_SPLITS)
 
 
-def test_describe_answer_lists_objects_left_to_right() -> None:
-    objects = [ShapeObject("star", "red", (40, 0, 60, 20)), ShapeObject("circle", "blue", (0, 0, 20, 20))]
-    assert describe_answer(objects) == "circle blue star red"
+def test_auxiliary_answers() -> None:
+    cfg = ShapesConfig()
+    assert describe_answer(OBJECTS) == "circle blue square blue star red"
+    assert colours_answer(OBJECTS, cfg) == "circle Blue square Blue triangle No star Red"
+    assert shapes_answer(OBJECTS, cfg) == "red Star green No blue Circle Square yellow No"
+    assert sides_answer(OBJECTS, cfg) == "circle Left square Left triangle No star Right"
+
+
+def test_relations_name_every_clear_object_relative_to_the_reference() -> None:
+    cfg = ShapesConfig()
+    turns = {relations_turn(np.random.default_rng(i), OBJECTS, cfg) for i in range(20)}
+    assert turns == {
+        ("Which shape is left or right of the star?", "circle Left square Left"),
+        ("Which shape is left or right of the circle?", "square Right star Right"),
+        ("Which shape is left or right of the square?", "circle Left star Right"),
+    }
+
+
+def test_every_aux_kind_yields_a_turn() -> None:
+    rng = np.random.default_rng(0)
+    for kind in range(len(AUX_KINDS)):
+        question, answer = aux_turn(kind, OBJECTS, ShapesConfig(), rng)
+        assert question.endswith("?") and answer
+
+
+def test_draw_turns_is_seeded() -> None:
+    cfg = ShapesConfig()
+    a, b = (draw_turns(np.random.default_rng(3), OBJECTS, cfg, 12, 0.4) for _ in range(2))
+    assert a == b and len(a) == 12
+
+
+def test_patch_labels_name_the_covering_object() -> None:
+    image = Image.new("RGB", (64, 64))
+    image.paste((230, 25, 25), (40, 0, 60, 20))  # the red star's box, filled
+    labels = patch_labels(OBJECTS[:1], image, 8).reshape(8, 8, 3)
+    assert labels[0, 5].tolist() == [4, 1, 7]  # star, red, centre column 50 // 8 + 1
+    assert labels[4, 4].tolist() == [0, 0, 0]
 
 
 def test_packed_turns_match_single_turn_prompts() -> None:
@@ -68,6 +120,7 @@ def test_small_training_runs_and_saves_a_loadable_checkpoint(tmp_path) -> None:
     model, processor = train(config, progress=False, history=history)
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert math.isfinite(history[0]["patch_loss"])
     main(["--small", "--out", str(tmp_path), "--steps", "2"])
     for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
         assert (tmp_path / name).exists(), name
