@@ -137,6 +137,9 @@ class VLMConfig:
         pad_token_id: Token that fills finished rows during batched generation.
         image_grid_pinpoints: LLaVA-NeXT's candidate resolutions ``(height, width)``; None for
             single-view models (LLaVA-1.5).
+        anyres_max_patches: LLaVA-OneVision's ``vision_aspect_ratio="anyres_max_N"``: the
+            un-padded tile grid is shrunk (bilinear) to about N views' worth of patches when it
+            holds more than 1.1² times that; None (LLaVA-NeXT) never shrinks it.
     """
 
     decoder: DecoderConfig
@@ -149,6 +152,7 @@ class VLMConfig:
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     image_grid_pinpoints: tuple[tuple[int, int], ...] | None = None
+    anyres_max_patches: int | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property

@@ -14,7 +14,7 @@ import transformers
 from torch import nn
 
 # Importing the family modules registers them.
-from mmlens.adapters import clip, llama, llava, llava_next, mistral, qwen2, siglip  # noqa: F401
+from mmlens.adapters import clip, llama, llava, llava_next, llava_onevision, mistral, qwen2, siglip  # noqa: F401
 from mmlens.adapters.registry import VLM_ADAPTERS, lookup
 from mmlens.config import VLMConfig
 from mmlens.errors import UnknownNameError

@@ -144,23 +144,31 @@ class HookedVLM(HookedDecoder):
     ) -> list[Float[Tensor, "n_tokens d_model"]]:
         """Vision encoder and projector: per image, the embeddings that replace its placeholders.
 
-        Single-view models take ``pixel_values`` ``[n_img, 3, H, W]``. LLaVA-NeXT models take
-        ``[n_img, max_views, 3, H, W]`` (or the views stacked, ``[n_views, 3, H, W]``) with
-        ``image_sizes`` ``[n_img, 2]`` as (height, width); ``hook_image_embed`` then holds the
-        projected features of every view, before tiles are un-padded and newline slots added.
+        Single-view models take ``pixel_values`` ``[n_img, 3, H, W]``. Anyres models (LLaVA-NeXT,
+        LLaVA-OneVision) take ``[n_img, max_views, 3, H, W]`` (or the views stacked,
+        ``[n_views, 3, H, W]``) with ``image_sizes`` ``[n_img, 2]`` as (height, width);
+        ``hook_image_embed`` then holds the projected features of every view, before tiles are
+        un-padded (and, for OneVision, shrunk) and newline slots added.
         """
         pinpoints = self.vlm_cfg.image_grid_pinpoints
         if pinpoints is None:
             return list(self.hook_image_embed(self.vision_projector(self.vision_encoder(pixel_values))))
         if image_sizes is None:
-            raise MMLensError("LLaVA-NeXT models need image_sizes (height, width) for each image: use model.prepare.")
+            raise MMLensError(
+                "anyres models (LLaVA-NeXT, LLaVA-OneVision) need image_sizes (height, width) for each "
+                "image: use model.prepare, or pass the processor's image_sizes."
+            )
         tile = self.vlm_cfg.vision.image_size
         sizes = [tuple(s) for s in torch.as_tensor(image_sizes).tolist()]
         counts = [n_views(size, pinpoints, tile) for size in sizes]
         if pixel_values.dim() == 5:
             pixel_values = torch.cat([pv[:c] for pv, c in zip(pixel_values, counts)])
         views = self.hook_image_embed(self.vision_projector(self.vision_encoder(pixel_values)))
-        return [pack_image(v, size, pinpoints, tile, self.image_newline) for v, size in zip(views.split(counts), sizes)]
+        max_patches = self.vlm_cfg.anyres_max_patches
+        return [
+            pack_image(v, size, pinpoints, tile, self.image_newline, max_patches)
+            for v, size in zip(views.split(counts), sizes)
+        ]
 
     def merge(
         self,
