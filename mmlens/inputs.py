@@ -12,8 +12,10 @@ from PIL import Image
 from torch import Tensor
 
 from mmlens.config import VLMConfig
-from mmlens.errors import MissingImageSlotError, MMLensError
+from mmlens.errors import ImageTokenMismatchError, MissingImageSlotError, MMLensError
 from mmlens.geometry import Box, ViewGeometry
+from mmlens.pixels import Pixels, process_images
+from mmlens.geometry_anyres import BASE, NEWLINE, AnyresGeometry
 from mmlens.prompts import PromptText
 from mmlens.templates import Template, get_template
 from mmlens.tokens import TokenGroups, span_mask, standard_groups
@@ -21,26 +23,45 @@ from mmlens.tokens import TokenGroups, span_mask, standard_groups
 
 @dataclass(frozen=True)
 class ImageGrid:
-    """For every position of the merged sequence: which image and patch feeds it.
+    """For every position of the merged sequence: which image, view and patch feeds it.
 
     Attributes:
         image_index: ``[batch, pos]`` image (= batch row) feeding the position, -1 for text.
-        row, col: ``[batch, pos]`` patch coordinates, -1 for text and for a CLS slot.
-        boxes: ``[batch, pos, 4]`` the patch's pixel box in the original image, NaN if none.
+        row, col: ``[batch, pos]`` patch coordinates in its view (base view or tile; for a shrunk
+            OneVision grid, the cell in the shrunk grid), -1 for text, CLS and newline slots.
+        boxes: ``[batch, pos, 4]`` the patch's pixel box ``(x0, y0, x1, y1)`` in the original
+            image (float64), NaN for text, CLS, newline slots and padding-only patches.
         views: Per batch row, the geometry of its image (None for a row without image).
+        kind: ``[batch, pos]`` -1 text, 0 base-view patch (or CLS), 1 tile patch, 2 newline slot
+            (``mmlens.geometry_anyres.BASE`` / ``TILE`` / ``NEWLINE``); defaults to base view at
+            every image position.
+        tile: ``[batch, pos]`` tile index (row-major over the tile grid) of a tile patch, -1
+            elsewhere, and for the cells of a shrunk OneVision grid (each mixes several patches).
     """
 
     image_index: Int[Tensor, "batch pos"]
     row: Int[Tensor, "batch pos"]
     col: Int[Tensor, "batch pos"]
     boxes: Float[Tensor, "batch pos 4"]
-    views: tuple[ViewGeometry | None, ...]
+    views: tuple[ViewGeometry | AnyresGeometry | None, ...]
+    kind: Int[Tensor, "batch pos"] | None = None
+    tile: Int[Tensor, "batch pos"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", torch.where(self.image_index >= 0, BASE, -1))
+        if self.tile is None:
+            object.__setattr__(self, "tile", torch.full_like(self.image_index, -1))
 
     def patches_in_box(self, box: Box | Sequence[Box | None]) -> Bool[Tensor, "batch pos"]:
         """Image positions whose patch has a pixel inside ``box`` (original-image pixels).
 
+        methods.md §1.1: "related" means any overlap; newline slots, CLS and padding-only
+        patches are never related (they count as "other"). A cell of a shrunk OneVision grid is
+        related when any patch it mixes is.
+
         Args:
-            box: One box for every row, or one box (or None) per batch row.
+            box: One box ``(x0, y0, x1, y1)`` for every row, or one box (or None) per batch row.
 
         Raises:
             BoxOutsideImageError: the box is empty or not inside the image.
@@ -51,13 +72,28 @@ class ImageGrid:
             if view is None or b is None:
                 continue
             view.check_box(b)
-            for p in (self.row[r] >= 0).nonzero().flatten().tolist():
-                mask[r, p] = view.overlaps(int(self.row[r, p]), int(self.col[r, p]), b)
+            x0, y0, x1, y1 = self.boxes[r].unbind(-1)
+            # NaN boxes compare False: text, CLS, newline and padding positions are never related.
+            mask[r] = (torch.minimum(x1, torch.tensor(float(b[2]))) > torch.maximum(x0, torch.tensor(float(b[0])))) & (
+                torch.minimum(y1, torch.tensor(float(b[3]))) > torch.maximum(y0, torch.tensor(float(b[1])))
+            )
         return mask
 
     def padding_patches(self) -> Bool[Tensor, "batch pos"]:
-        """Image positions whose patch holds only padding (pad-to-square geometry)."""
-        return (self.row >= 0) & torch.isnan(self.boxes).any(-1)
+        """Image positions whose patch holds only padding (pad-to-square or anyres tile padding)."""
+        return (self.row >= 0) & (self.kind != NEWLINE) & torch.isnan(self.boxes).any(-1)
+
+    def newline_slots(self) -> Bool[Tensor, "batch pos"]:
+        """Anyres ``image_newline`` positions (one after every row of the tile grid)."""
+        return self.kind == NEWLINE
+
+    def base_patches(self) -> Bool[Tensor, "batch pos"]:
+        """Positions fed by the base view (the whole image at the tower's resolution)."""
+        return self.kind == BASE
+
+    def tile_patches(self) -> Bool[Tensor, "batch pos"]:
+        """Positions fed by the anyres tiles (after un-padding, and OneVision's shrink)."""
+        return self.kind == TILE
 
 
 def _is_box(box: Any) -> bool:
@@ -66,14 +102,19 @@ def _is_box(box: Any) -> bool:
 
 @dataclass(frozen=True)
 class MMInputs:
-    """Tensors for the model plus the groups and geometry that analyses need."""
+    """Tensors for the model plus the groups and geometry that analyses need.
+
+    Anyres models (LLaVA-NeXT, LLaVA-OneVision) get ``pixel_values`` ``[n_img, max_views, 3, H, W]``
+    and ``image_sizes`` ``[n_img, 2]`` (height, width), both passed on by ``model(inputs)``.
+    """
 
     input_ids: Int[Tensor, "batch pos"]
     attention_mask: Int[Tensor, "batch pos"]
-    pixel_values: Float[Tensor, "n_img 3 height width"] | None
+    pixel_values: Float[Tensor, "n_img *views 3 height width"] | None
     groups: TokenGroups
     image_grid: ImageGrid
     prompts: tuple[str, ...]
+    image_sizes: Int[Tensor, "n_img 2"] | None = None
 
     def patches_in_box(self, box: Box | Sequence[Box | None]) -> Bool[Tensor, "batch pos"]:
         """See :meth:`ImageGrid.patches_in_box`."""
@@ -81,27 +122,18 @@ class MMInputs:
 
     def to(self, device: torch.device | str) -> MMInputs:
         pv = None if self.pixel_values is None else self.pixel_values.to(device)
+        sizes = None if self.image_sizes is None else self.image_sizes.to(device)
         return replace(
             self,
             input_ids=self.input_ids.to(device),
             attention_mask=self.attention_mask.to(device),
             pixel_values=pv,
             groups=self.groups.to(device),
+            image_sizes=sizes,
         )
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
-
-
-def expand2square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
-    """LLaVA-1.5's padding: centre the image on a square of its longer side."""
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    out = Image.new(image.mode, (side, side), fill)
-    out.paste(image, ((side - w) // 2, (side - h) // 2))
-    return out
 
 
 def prepare(
@@ -118,7 +150,10 @@ def prepare(
     Args:
         processor: The checkpoint's processor (its tokenizer and image processor are used).
         cfg: The model config (image token, tower geometry, feature strategy).
-        images: One image per prompt.
+        images: One image per prompt. Anyres models (LLaVA-NeXT, LLaVA-OneVision) tile each image
+            with their own processor (the template's ``image_mode`` is not used): the prompt gets
+            as many image tokens as that image's base view, tiles and newline slots fill, and
+            ``image_sizes`` goes into the result.
         text: The question(s), placed into ``template``; with ``template=None`` each text is a
             full prompt that must contain the tokenizer's image token once. A
             :class:`~mmlens.prompts.PromptText` (from the task prompt builders) also marks the
@@ -126,6 +161,11 @@ def prepare(
         template: A registered template name or a :class:`Template`.
         mark: Extra groups: name → substring of the question (or one per row) whose tokens
             form the group, e.g. ``{"true_option": "red", "false_option": "blue"}``.
+
+    Raises:
+        MissingImageSlotError: a full prompt (``template=None``) without exactly one image token.
+        MMLensError: images and prompts differ in number; an anyres processor that does not
+            match the model.
     """
     images = [images] if isinstance(images, Image.Image) else list(images)
     texts = [text] if isinstance(text, (str, PromptText)) else list(text)
@@ -133,10 +173,12 @@ def prepare(
         raise MMLensError(f"got {len(images)} images for {len(texts)} prompts: give one image per prompt.")
     tok = processor.tokenizer
     image_token = getattr(processor, "image_token", None) or getattr(tok, "image_token", "<image>")
-    slot = image_token * cfg.image_seq_length
     tmpl = None if template is None else get_template(template)
+    mode = tmpl.image_mode if tmpl is not None else "crop"
+    pixels = process_images(processor.image_processor, cfg, images, mode)
     prompts, spans, extra = [], [], []
-    for t in texts:
+    for t, slots in zip(texts, pixels.slots):
+        slot = image_token * len(slots)
         marked = t if isinstance(t, PromptText) else None
         t = marked.text if marked else t
         if tmpl is None:
@@ -164,8 +206,6 @@ def prepare(
         enc = tok(prompts, return_tensors="pt", padding=True, return_offsets_mapping=True)
     finally:
         tok.padding_side = side
-    mode = tmpl.image_mode if tmpl is not None else "crop"
-    pixel_values, views = _pixels(processor.image_processor, cfg, images, mode)
     offsets = enc["offset_mapping"]
     groups = standard_groups(enc["input_ids"], enc["attention_mask"], cfg.image_token_index, span_mask(offsets, spans))
     for name in sorted({k for e in extra for k in e} - {"question"}):
@@ -176,8 +216,9 @@ def prepare(
     for name, sub in (mark or {}).items():
         subs = [sub] * len(texts) if isinstance(sub, str) else list(sub)
         groups[name] = span_mask(offsets, [_find(p, s, q) for p, s, q in zip(prompts, subs, spans)])
-    grid = _grid(enc["input_ids"], cfg, views)
-    return MMInputs(enc["input_ids"], enc["attention_mask"], pixel_values, TokenGroups(groups), grid, tuple(prompts))
+    grid = _grid(enc["input_ids"], cfg.image_token_index, pixels)
+    return MMInputs(enc["input_ids"], enc["attention_mask"], pixels.pixel_values, TokenGroups(groups), grid,
+                    tuple(prompts), pixels.image_sizes)
 
 
 def _find(prompt: str, sub: str | None, question: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -189,35 +230,20 @@ def _find(prompt: str, sub: str | None, question: tuple[int, int] | None) -> tup
     return start, start + len(sub)
 
 
-def _pixels(image_processor: Any, cfg: VLMConfig, images: list[Image.Image], mode: str):
-    side, patch = cfg.vision.image_size, cfg.vision.patch_size
-    images = [im.convert("RGB") for im in images]
-    if mode == "pad":
-        fill = tuple(int(255 * m) for m in image_processor.image_mean)
-        views = [ViewGeometry.pad(*im.size, side, patch) for im in images]
-        images = [expand2square(im, fill) for im in images]
-    else:
-        views = [ViewGeometry.crop(*im.size, side, patch) for im in images]
-    return image_processor(images, return_tensors="pt")["pixel_values"], tuple(views)
-
-
-def _grid(input_ids: Tensor, cfg: VLMConfig, views: tuple[ViewGeometry, ...]) -> ImageGrid:
+def _grid(input_ids: Int[Tensor, "batch pos"], image_token_index: int, pixels: Pixels) -> ImageGrid:
     b, p = input_ids.shape
-    image_index = torch.full((b, p), -1)
-    row = torch.full((b, p), -1)
-    col = torch.full((b, p), -1)
-    boxes = torch.full((b, p, 4), float("nan"))
-    # Position k of an image block shows patch k - shift (shift 1: CLS kept; -1: SigLIP's first dropped).
-    shift = int(cfg.vision.has_cls) - int(cfg.vision_feature_select_strategy == "default")
-    g = cfg.vision.grid
-    for r in range(b):
-        slots = (input_ids[r] == cfg.image_token_index).nonzero().flatten()
-        image_index[r, slots] = r
-        for k, pos in enumerate(slots.tolist()):
-            idx = k - shift
-            if idx < 0:
-                continue
-            row[r, pos], col[r, pos] = idx // g, idx % g
-            if not views[r].is_padding(idx // g, idx % g):
-                boxes[r, pos] = torch.tensor(views[r].patch_box(idx // g, idx % g))
-    return ImageGrid(image_index, row, col, boxes, views)
+    image_index, kind, tile, row, col = (torch.full((b, p), -1) for _ in range(5))
+    boxes = torch.full((b, p, 4), float("nan"), dtype=torch.float64)
+    for r, slots in enumerate(pixels.slots):
+        positions = (input_ids[r] == image_token_index).nonzero().flatten().tolist()
+        if len(positions) != len(slots):
+            raise ImageTokenMismatchError(
+                f"prompt {r} has {len(positions)} image tokens but its image needs {len(slots)}: write the "
+                "image token once in a prompt (prepare expands it), or let a template place it."
+            )
+        image_index[r, positions] = r
+        for pos, s in zip(positions, slots):
+            kind[r, pos], tile[r, pos], row[r, pos], col[r, pos] = s.kind, s.tile, s.row, s.col
+            if s.box is not None:
+                boxes[r, pos] = torch.tensor(s.box, dtype=torch.float64)
+    return ImageGrid(image_index, row, col, boxes, pixels.views, kind, tile)

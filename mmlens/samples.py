@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mmlens.data.sample import Sample
 from mmlens.inputs import MMInputs
 
@@ -32,7 +34,7 @@ def sample_inputs(model, sample: Sample, template: str = "vicuna_v1") -> MMInput
     for box in sample.boxes.values():
         related = related | inputs.patches_in_box(box)
     groups = inputs.groups.with_groups(related=related, other=image & ~related)
-    return MMInputs(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, groups, inputs.image_grid, inputs.prompts)
+    return replace(inputs, groups=groups)
 
 
 def greedy_answer(model, inputs: MMInputs, max_new_tokens: int = 4) -> str:

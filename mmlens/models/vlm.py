@@ -85,7 +85,9 @@ class HookedVLM(HookedDecoder):
 
         Uses the checkpoint's own processor and tokenizer. Templates: ``"vicuna_v1"`` (LLaVA-1.5
         with its system sentence, images padded to square with the processor's mean colour) and
-        ``"llava_hf"`` (short prompt, centre crop); ``template=None`` takes full prompts.
+        ``"llava_hf"`` (short prompt, centre crop); ``template=None`` takes full prompts. Anyres
+        models (LLaVA-NeXT, LLaVA-OneVision) tile images with their processor; ``image_grid``
+        then tells base-view patches, tile patches and newline slots apart.
         """
         from mmlens.inputs import prepare
 
