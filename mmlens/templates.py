@@ -1,5 +1,10 @@
 """Prompt templates: how a question and an image become the prompt string, and how the image
-is fitted to the tower's square input (methods.md §9)."""
+is fitted to the tower's square input (methods.md §9).
+
+Registered: ``vicuna_v1`` (LLaVA-1.5), ``llava_hf`` (the llava-hf short prompt), ``llama3``
+(Llama3-LLaVA-NeXT-8B with its system turn) and ``llama3_hf`` (the llava-hf chat template of that
+checkpoint, without a system turn). Templates hold no BOS: the tokenizer adds it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,17 @@ from mmlens.errors import UnknownNameError
 LLAVA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+# LLaVA-NeXT's ``conv_llava_llama_3`` (Llama3-LLaVA-NeXT-8B).
+LLAMA3_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content "
+    "that the user provides, and assist the user with a variety of tasks using natural language."
+)
+# Llama-3 chat turns; the tokenizer itself adds <|begin_of_text|>.
+LLAMA3_TURNS = (
+    "<|start_header_id|>user<|end_header_id|>\n\n{image}\n{question}<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
 
 
@@ -42,6 +58,11 @@ TEMPLATES: dict[str, Template] = {
     for t in [
         Template("vicuna_v1", "{system} USER: {image}\n{question} ASSISTANT:", LLAVA_SYSTEM, "pad"),
         Template("llava_hf", "USER: {image}\n{question} ASSISTANT:", "", "crop"),
+        # Llama3-LLaVA-NeXT-8B: system turn, then the image and question in the user turn.
+        Template("llama3", "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>" + LLAMA3_TURNS,
+                 LLAMA3_SYSTEM, "crop"),
+        # llava-hf/llama3-llava-next-8b-hf's chat template: no system turn.
+        Template("llama3_hf", LLAMA3_TURNS, "", "crop"),
     ]
 }
 
