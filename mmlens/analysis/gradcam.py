@@ -11,7 +11,9 @@ from torch import Tensor
 
 from mmlens.analysis.grad import activation_grads
 from mmlens.errors import MMLensError, check_layer
+from mmlens.geometry_anyres import BASE
 from mmlens.inputs import MMInputs
+from mmlens.models.anyres import n_views
 from mmlens.samples import greedy_answer
 
 VARIANTS = ("standard", "released_code")
@@ -88,7 +90,9 @@ def grad_cam(
 
     Args:
         model: A :class:`~mmlens.HookedVLM`.
-        inputs: Prepared inputs (pad or crop geometry, any batch).
+        inputs: Prepared inputs (pad or crop geometry, any batch). For anyres models (LLaVA-NeXT,
+            LLaVA-OneVision) the map covers the base view, which shows the whole image; tile
+            patches and newline slots are left out.
         answer: Answer text per row; the model's greedy answer when None.
         layers: Layers of ``tower`` (all when None).
         tower: ``"decoder"`` or ``"vision"``.
@@ -122,8 +126,9 @@ def grad_cam(
 def _row(inputs: MMInputs, r: int) -> MMInputs:
     from dataclasses import replace
 
+    sizes = None if inputs.image_sizes is None else inputs.image_sizes[r : r + 1]
     return replace(inputs, input_ids=inputs.input_ids[r : r + 1], attention_mask=inputs.attention_mask[r : r + 1],
-                   pixel_values=inputs.pixel_values[r : r + 1])
+                   pixel_values=inputs.pixel_values[r : r + 1], image_sizes=sizes)
 
 
 def _raw_cam(model, inputs, ids, mask, pixel_values, targets, layers, tower, variant) -> Tensor:
@@ -139,13 +144,14 @@ def _raw_cam(model, inputs, ids, mask, pixel_values, targets, layers, tower, var
         stash[hook.name] = x
 
     with activation_grads(model) as leaves, model.hooks(fwd_hooks=leaves + [(n, keep) for n in names]):
-        logits = model(input_ids=ids, pixel_values=pixel_values, attention_mask=mask)
+        logits = model(input_ids=ids, pixel_values=pixel_values, attention_mask=mask, image_sizes=inputs.image_sizes)
         r, pos, tok = (torch.tensor(v) for v in zip(*targets))
         z = logits[r, pos, tok].sum()
         grads = torch.autograd.grad(z, [stash[n] for n in names])
     maps = []
     b = ids.shape[0]
-    image = inputs.image_grid.row >= 0  # image positions that show a patch (not CLS)
+    # Image positions that show a base-view patch (not CLS, not anyres tiles or newline slots).
+    image = (inputs.image_grid.row >= 0) & (inputs.image_grid.kind == BASE)
     for layer, name, grad in zip(layers, names, grads):
         feat = stash[name].detach()
         if tower == "decoder":
@@ -161,6 +167,16 @@ def _raw_cam(model, inputs, ids, mask, pixel_values, targets, layers, tower, var
             g = torch.gather(g, 1, order.argsort(1)[..., None].expand_as(g))
         else:
             skip = int(model.vlm_cfg.vision.has_cls)
-            f, g = feat[:, skip:], grad[:, skip:]
+            views = _base_views(model, inputs)
+            f, g = feat[views, skip:], grad[views, skip:]
         maps.append(_cam(f.float(), g.float(), variant).view(b, grid, grid))
     return torch.stack(maps, 1).detach()
+
+
+def _base_views(model, inputs: MMInputs) -> Tensor:
+    """Indices of each image's base view among the views the vision tower ran on."""
+    if inputs.image_sizes is None:
+        return torch.arange(len(inputs))
+    cfg = model.vlm_cfg
+    counts = [n_views(size, cfg.image_grid_pinpoints, cfg.vision.image_size) for size in inputs.image_sizes.tolist()]
+    return torch.tensor([0, *counts[:-1]]).cumsum(0)
