@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mmlens.errors import BoxOutsideImageError
-
-Box = tuple[float, float, float, float]
+from mmlens.typing import Box
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from mmlens.geometry_anyres import BASE, NEWLINE, AnyresGeometry
 from mmlens.prompts import PromptText
 from mmlens.templates import Template, get_template
 from mmlens.tokens import TokenGroups, span_mask, standard_groups
+from mmlens.typing import TokenMask
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class MMInputs:
     """
 
     input_ids: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
+    attention_mask: TokenMask
     pixel_values: Float[Tensor, "n_img *views 3 height width"] | None
     groups: TokenGroups
     image_grid: ImageGrid

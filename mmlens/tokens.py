@@ -15,6 +15,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from mmlens.errors import EmptyTokenGroupError, UnknownNameError, closest
+from mmlens.typing import TokenMask
 
 STANDARD_GROUPS = ("system", "image", "user", "question", "last")
 
@@ -91,7 +92,7 @@ def span_mask(
 
 def standard_groups(
     input_ids: Int[Tensor, "batch pos"],
-    attention_mask: Int[Tensor, "batch pos"],
+    attention_mask: TokenMask,
     image_token_index: int,
     question: Bool[Tensor, "batch pos"],
 ) -> dict[str, Bool[Tensor, "batch pos"]]:

@@ -26,7 +26,12 @@ Logits = Float[Tensor, "batch pos d_vocab"]
 Residual = Float[Tensor, "batch pos d_model"]
 TokenIds = Int[Tensor, "batch pos"]
 PosMask = Bool[Tensor, "batch pos"]
+TokenMask = Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"]
+"""1 (or True) on real tokens, 0 on padding."""
 Pattern = Float[Tensor, "batch head_index query_pos key_pos"]
-PixelValues = Float[Tensor, "n_img 3 height width"]
+PixelValues = Float[Tensor, "n_img *tiles 3 height width"]
+"""One view per image (LLaVA-1.5), or base view + tiles per image (anyres: NeXT, OneVision)."""
+Box = tuple[float | int, float | int, float | int, float | int]
+"""A pixel box ``(x0, y0, x1, y1)`` in original-image coordinates, ``x1``/``y1`` exclusive."""
 
-__all__ = ["Bool", "Float", "Int", "Logits", "PixelValues", "Pattern", "PosMask", "Residual", "Tensor", "TokenIds"]
+__all__ = ["Bool", "Box", "Float", "Int", "Logits", "PixelValues", "Pattern", "PosMask", "Residual", "Tensor", "TokenIds", "TokenMask"]

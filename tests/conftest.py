@@ -6,6 +6,8 @@ import pytest
 import torch
 import transformers
 
+import tests.typecheck  # noqa: F401  (the checker --jaxtyping-packages names; imported before mmlens)
+
 from mmlens import HookedVLM
 from mmlens.zoo.tiny import save_tiny_checkpoint, tiny_llava_config
 

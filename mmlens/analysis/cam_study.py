@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -14,7 +14,7 @@ from mmlens.samples import sample_inputs
 
 def cam_hit_rate(
     model,
-    samples: Sequence[Sample],
+    samples: Iterable[Sample],
     layers: Sequence[int] | None = None,
     tower: str = "decoder",
     variant: str = "standard",

@@ -7,8 +7,7 @@ from typing import Callable, Union
 
 from PIL import Image
 
-Box = tuple[float, float, float, float]
-"""A pixel box ``(x0, y0, x1, y1)`` in original-image coordinates, ``x1``/``y1`` exclusive."""
+from mmlens.typing import Box
 
 ImageSource = Union[Image.Image, Callable[[], Image.Image]]
 

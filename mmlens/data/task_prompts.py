@@ -8,7 +8,7 @@ prompts follow seed 000, Table 2.
 
 Example:
     >>> from mmlens.data.sample import Sample
-    >>> s = Sample("1", None, "What colour is the bus?", "red")
+    >>> s = Sample("1", lambda: None, "What colour is the bus?", "red")
     >>> build_prompt(s).text
     'What colour is the bus?\\nAnswer the question using a single word or phrase.'
 """

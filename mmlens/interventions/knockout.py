@@ -6,7 +6,7 @@ so experiments compose by list concatenation and nothing edits the model permane
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Float
@@ -14,7 +14,6 @@ from torch import Tensor
 
 from mmlens.errors import MMLensError, check_layer
 from mmlens.hooks import FwdHooks, HookFn, HookPoint
-from mmlens.tokens import TokenGroups
 
 MODES = ("pre_softmax", "post_softmax")
 FILLS = ("-inf", "finfo_min")
@@ -89,7 +88,7 @@ def onward(layer: int, n_layers: int) -> range:
 
 
 def knockout(
-    groups: TokenGroups,
+    groups: Mapping[str, Bool[Tensor, "batch pos"]],
     src: str | Tensor,
     dst: str | Tensor,
     layers: int | Iterable[int],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -17,6 +17,7 @@ from mmlens.components.rotary import Rotary
 from mmlens.config import DecoderConfig
 from mmlens.hooks import HookPoint
 from mmlens.models.root import HookedRoot
+from mmlens.typing import TokenMask
 
 
 @dataclass
@@ -80,6 +81,7 @@ class SeqState:
                         take(self.visible), take(self.kept), take(self.image), take(self.instruction))
 
 
+@runtime_checkable
 class LayerPlan(Protocol):
     """What the decoder asks of a token-pruning policy (see :mod:`mmlens.pruning`)."""
 
@@ -90,7 +92,7 @@ class LayerPlan(Protocol):
     def before_block(self, layer: int, state: SeqState) -> SeqState: ...
 
 
-def positions_from_mask(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+def positions_from_mask(attention_mask: TokenMask) -> Int[Tensor, "batch pos"]:
     """Rotary positions that ignore left padding: 0 at each row's first real token."""
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.clamp(min=0)
@@ -149,14 +151,14 @@ class HookedDecoder(HookedRoot):
     def decode_blocks(
         self,
         resid: Float[Tensor, "batch pos d_model"],
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: TokenMask | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
         cache: KVCache | None = None,
         start_layer: int = 0,
         *,
         plan: LayerPlan | None = None,
         image: Tensor | None = None,
-    ) -> Float[Tensor, "batch pos d_vocab"]:
+    ) -> Float[Tensor, "batch kept_pos d_vocab"]:
         """Run blocks ``start_layer..`` on a residual stream, then the final norm and unembedding.
 
         Args:
@@ -211,10 +213,10 @@ class HookedDecoder(HookedRoot):
     def forward(
         self,
         input_ids: Int[Tensor, "batch pos"],
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: TokenMask | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
         cache: KVCache | None = None,
-    ) -> Float[Tensor, "batch pos d_vocab"]:
+    ) -> Float[Tensor, "batch kept_pos d_vocab"]:
         """Logits of a text-only forward."""
         resid = self.hook_embed(self.embed(input_ids))
         return self.decode_blocks(resid, attention_mask, position_ids, cache)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mmlens.hooks import FwdHooks
 from mmlens.models.decoder import KVCache
+from mmlens.typing import TokenMask
 
 if TYPE_CHECKING:
     from mmlens.models.vlm import HookedVLM
@@ -20,7 +21,7 @@ def greedy_generate(
     model: HookedVLM,
     input_ids: Int[Tensor, "batch pos"],
     pixel_values: Tensor | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: TokenMask | None = None,
     *,
     max_new_tokens: int = 16,
     fwd_hooks: FwdHooks = (),

@@ -42,7 +42,7 @@ class HookedVisionEncoder(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.hook_features = HookPoint()  # [n_img, n_patch, d_vision * n_feature_layers]
 
-    def forward(self, pixel_values: Float[Tensor, "n_img 3 height width"]) -> Float[Tensor, "n_img n_patch d_feat"]:
+    def forward(self, pixel_values: Float[Tensor, "n_views 3 height width"]) -> Float[Tensor, "n_img n_patch d_feat"]:
         """Return exactly what the projector consumes: selected layer(s), CLS dropped if asked."""
         cfg = self.cfg
         if pixel_values.shape[-2:] != (cfg.image_size, cfg.image_size):

@@ -15,6 +15,7 @@ from mmlens.hooks import HookPoint
 from mmlens.models.anyres import n_views, pack_image
 from mmlens.models.decoder import HookedDecoder, KVCache
 from mmlens.models.vision_encoder import HookedVisionEncoder
+from mmlens.typing import PixelValues, TokenMask
 
 if TYPE_CHECKING:
     from mmlens.inputs import MMInputs
@@ -210,15 +211,15 @@ class HookedVLM(HookedDecoder):
     def forward(
         self,
         inputs: MMInputs | Int[Tensor, "batch pos"] | None = None,
-        pixel_values: Float[Tensor, "n_img 3 height width"] | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        pixel_values: PixelValues | None = None,
+        attention_mask: TokenMask | None = None,
         *,
         input_ids: Int[Tensor, "batch pos"] | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
         cache: KVCache | None = None,
         prune: Any = None,
         image_sizes: Tensor | None = None,
-    ) -> Float[Tensor, "batch pos d_vocab"]:
+    ) -> Float[Tensor, "batch kept_pos d_vocab"]:
         """Logits ``[batch, pos, d_vocab]``.
 
         Accepts ``model(inputs)`` with :class:`~mmlens.inputs.MMInputs` from :meth:`prepare`, or

@@ -19,12 +19,14 @@ from mmlens.data.task_prompts import (
 )
 from mmlens.errors import MMLensError, UnknownNameError
 from mmlens.prompts import PromptText
+from PIL import Image
 
-GQA = Sample("q1", None, "Is the jar full or empty?", "empty", "ChooseAttr", ("full", "empty"), "empty", "full",
+NO_IMAGE = Image.new("RGB", (4, 4))  # prompts never look at the image
+GQA = Sample("q1", NO_IMAGE, "Is the jar full or empty?", "empty", "ChooseAttr", ("full", "empty"), "empty", "full",
              meta={"reader": "gqa"})  # fmt: skip
-SQA = Sample("7", None, "Which is a mammal?", "B", "scienceqa", ("frog", "whale", "shark"), "whale", "frog",
+SQA = Sample("7", NO_IMAGE, "Which is a mammal?", "B", "scienceqa", ("frog", "whale", "shark"), "whale", "frog",
              meta={"reader": "scienceqa", "hint": "Mammals breathe air."})  # fmt: skip
-AOK = Sample("a", None, "What is he holding?", "C", "aokvqa", ("bat", "ball", "cup", "kite"), "cup", "bat",
+AOK = Sample("a", NO_IMAGE, "What is he holding?", "C", "aokvqa", ("bat", "ball", "cup", "kite"), "cup", "bat",
              meta={"reader": "aokvqa"})  # fmt: skip
 
 
@@ -74,11 +76,11 @@ def test_chain_of_thought_positions() -> None:
     with pytest.raises(MMLensError, match="malformed"):
         multiple_choice_prompt(SQA, fmt="CQ-A")
     with pytest.raises(MMLensError, match="no options"):
-        multiple_choice_prompt(Sample("x", None, "Why?", "because"))
+        multiple_choice_prompt(Sample("x", NO_IMAGE, "Why?", "because"))
 
 
 def test_yes_no_and_caption() -> None:
-    pope = Sample("random/1", None, "Is there a dog in the image?", "yes", "random", meta={"reader": "pope"})
+    pope = Sample("random/1", NO_IMAGE, "Is there a dog in the image?", "yes", "random", meta={"reader": "pope"})
     p = yes_no_prompt(pope)
     assert p.text == "Is there a dog in the image?\nPlease just answer yes or no." and p.text.endswith(YES_NO)
     assert _cut(p, "question") == ["Is there a dog in the image?"]
@@ -88,9 +90,9 @@ def test_yes_no_and_caption() -> None:
 
 
 def test_build_prompt_dispatch() -> None:
-    cap = Sample("1", None, "", "A dog.", "caption", meta={"reader": "captions"})
+    cap = Sample("1", NO_IMAGE, "", "A dog.", "caption", meta={"reader": "captions"})
     assert build_prompt(cap).text == CAPTION
-    assert build_prompt(Sample("p", None, "Is there a cat?", "no", "adversarial")).text.endswith(YES_NO)
+    assert build_prompt(Sample("p", NO_IMAGE, "Is there a cat?", "no", "adversarial")).text.endswith(YES_NO)
     assert build_prompt(AOK).text.endswith(MC_INSTRUCTION) and build_prompt(GQA).text.endswith(SHORT_ANSWER)
     assert build_prompt(AOK, "short").text == "What is he holding?\n" + SHORT_ANSWER
     assert build_prompt(GQA, "pope").text.endswith(YES_NO)  # a reader name picks its kind

@@ -7,6 +7,7 @@ import torch
 import transformers
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from transformer_lens.hook_points import HookPoint
 from mmlens import HookedVLM, LayerOutOfRangeError
 from mmlens.data.shapes import make_sample
 from mmlens.interventions import block_attention, knockout, onward, window
@@ -101,7 +102,7 @@ def test_heads_subset_and_finfo_fill():
     scores = torch.zeros(1, 3, 4, 4)
     src = torch.tensor([[True, False, False, False]])
     dst = torch.tensor([[False, False, False, True]])
-    out = block_attention(src, dst, heads=[1], fill="finfo_min")(scores.clone(), hook=None)
+    out = block_attention(src, dst, heads=[1], fill="finfo_min")(scores.clone(), hook=HookPoint())
     assert out[0, 1, 3, 0] == torch.finfo(torch.float32).min
     assert out[0, 0].abs().sum() == 0 and out[0, 2].abs().sum() == 0 and out[0, 1, :3].abs().sum() == 0
 
