@@ -324,8 +324,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, help="seed of weights and training scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads (the last bits of numerics may differ)")
     parser.add_argument("--small", action="store_true", help="tiny smoke-test configuration")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="override any TrainConfig field, e.g. --set aux_rate=0.3 (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("steps", "minutes", "seed", "threads") if getattr(args, k) is not None}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in TrainConfig.__dataclass_fields__ or name in ("arch", "scenes"):
+            parser.error(f"--set {item!r}: unknown field; settable: {sorted(set(TrainConfig.__dataclass_fields__) - {'arch', 'scenes'})}")
+        overrides[name] = json.loads(value)
     config = replace(SMALL if args.small else TrainConfig(), **overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     history: list[dict] = []
