@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flow.add_argument("--types", nargs="*", default=None, help="question types to keep")
     flow.add_argument("--n", type=int, default=35, help="number of samples")
     flow.add_argument("--seed", type=int, default=0, help="dataset seed (0-9 are held out from training)")
-    flow.add_argument("--window", type=int, default=9, help="knockout window k")
+    flow.add_argument("--window", type=int, help="knockout window k (default: the paper's 9 of 32 layers scaled to the model's depth)")
     flow.add_argument("--template", default="vicuna_v1")
     flow.add_argument("--filter-correct", action="store_true", help="keep samples answered correctly (seed 002)")
     flow.add_argument("--out", required=True, help="output folder (an interrupted run resumes)")

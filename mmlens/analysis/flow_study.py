@@ -28,7 +28,7 @@ def run_flow_study(
     samples: Sequence[Sample],
     out: str | Path,
     *,
-    window_size: int = 9,
+    window_size: int | None = None,
     template: str = "vicuna_v1",
     filter_correct: bool = False,
     progress: bool = True,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mmlens.data.sample import Sample
 from mmlens.errors import check_layer
 from mmlens.inputs import MMInputs
-from mmlens.interventions.knockout import block_attention, window
+from mmlens.interventions.knockout import block_attention, paper_window_size, window
 from mmlens.models.decoder import KVCache, positions_from_mask
 from mmlens.samples import greedy_answer, is_correct, sample_inputs
 
@@ -99,7 +99,7 @@ def knockout_sweep(
     model,
     samples: Sequence[Sample] | Sequence[MMInputs],
     flows: Mapping[str, tuple[str, str]] | Iterable[str] = PAPER_FLOWS,
-    window_size: int = 9,
+    window_size: int | None = None,
     layers: Iterable[int] | None = None,
     *,
     filter_correct: bool = False,
@@ -117,7 +117,8 @@ def knockout_sweep(
         samples: Dataset samples (prepared with ``template``; their boxes define ``related``) or
             prepared batch-1 inputs.
         flows: Flow names from :data:`PAPER_FLOWS`, or a mapping name → (source, target) groups.
-        window_size: k of the centred window (paper 9; the released plots used 7 for 32 layers).
+        window_size: k of the centred window (paper 9 for 32 layers; the released plots used 7).
+            None: :func:`~mmlens.interventions.paper_window_size`, the paper's k scaled to the depth.
         layers: Centre layers (all by default).
         filter_correct: Keep only samples whose greedy answer equals the gold answer (the
             paper's filter; needs :class:`Sample` inputs).
@@ -127,6 +128,7 @@ def knockout_sweep(
     References: seed 002 §3–5.
     """
     n_layers = model.cfg.n_layers
+    window_size = paper_window_size(n_layers) if window_size is None else window_size
     flows = dict(flows) if isinstance(flows, Mapping) else {f: PAPER_FLOWS[f] for f in flows}
     centres = [check_layer(layer, n_layers) for layer in (layers if layers is not None else range(n_layers))]
     by_start: dict[int, list[tuple[int, range]]] = defaultdict(list)

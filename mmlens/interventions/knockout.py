@@ -81,6 +81,20 @@ def window(layer: int, k: int, n_layers: int) -> range:
     return range(max(0, layer - k // 2), min(n_layers, layer + k // 2 + 1))
 
 
+def paper_window_size(n_layers: int) -> int:
+    """Seed 002's k = 9 of 32 layers scaled to a model of ``n_layers`` (odd, at least 1).
+
+    9 for the 32-layer LLaVA-1.5-7B, 11 for 40 layers, 1 for a 4-layer model: a fixed k = 9
+    would cover every layer of a shallow model and flatten each curve.
+
+    Example:
+        >>> [paper_window_size(n) for n in (4, 28, 32, 40)]
+        [1, 9, 9, 11]
+    """
+    k = max(1, round(9 * n_layers / 32))
+    return k + 1 if k % 2 == 0 else k
+
+
 def onward(layer: int, n_layers: int) -> range:
     """Layers ``layer .. n_layers-1`` (seed 003's released-code scope)."""
     layer = check_layer(layer, n_layers)

@@ -13,25 +13,36 @@ from mmlens.analysis import KnockoutResult, LensResult, ShareResult  # noqa: E40
 from mmlens.errors import MMLensError  # noqa: E402
 
 
-def plot_knockout(result: KnockoutResult, by: str | None = "task") -> Figure:
+def plot_knockout(result: KnockoutResult, by: str | None = "task", columns: int = 4) -> Figure:
     """Relative change (%) of the predicted token's probability per layer, one line per flow with
-    its 95% bootstrap band; one panel per value of ``by`` (seed 002 Fig. 2–4)."""
+    its 95% bootstrap band; one panel per value of ``by`` (seed 002 Fig. 2–4), ``columns`` panels
+    a row, one legend for all panels."""
     df = result.df
     if df.empty:
         raise MMLensError("the knockout result is empty: were all samples filtered out (filter_correct)?")
     keys = sorted(df[by].unique()) if by and by in df else [None]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False, sharey=True)
-    for ax, key in zip(axes[0], keys):
+    cols = min(columns, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows + 0.6), squeeze=False, sharey=True)
+    colours = {flow: f"C{i}" for i, flow in enumerate(sorted(df["flow"].unique()))}
+    for ax, key in zip(axes.flat, keys):
         part = KnockoutResult(df if key is None else df[df[by] == key]).summary()
         for flow, g in part.groupby("flow"):
-            ax.plot(g["layer"], g["mean"], label=flow)
-            ax.fill_between(g["layer"], g["ci_low"], g["ci_high"], alpha=0.2)
+            ax.plot(g["layer"], g["mean"], marker="o", ms=3, color=colours[flow], label=flow)
+            ax.fill_between(g["layer"], g["ci_low"], g["ci_high"], color=colours[flow], alpha=0.15)
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set_title(str(key) if key is not None else "all samples")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        n = part.groupby("flow")["n"].max().max() if "n" in part else None
+        title = str(key) if key is not None else "all samples"
+        ax.set_title(f"{title} (n={n})" if n is not None else title, fontsize=10)
         ax.set_xlabel("layer (window centre)")
-    axes[0][0].set_ylabel("relative change of p(prediction) %")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("Δ p(prediction) %")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if rows > 1 else 0.1, 1, 1))
     return fig
 
 

@@ -10,7 +10,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from transformer_lens.hook_points import HookPoint
 from mmlens import HookedVLM, LayerOutOfRangeError
 from mmlens.data.shapes import make_sample
-from mmlens.interventions import block_attention, knockout, onward, window
+from mmlens.interventions import block_attention, knockout, onward, paper_window_size, window
 from mmlens.samples import sample_inputs
 
 
@@ -117,3 +117,8 @@ def test_windows_and_scopes():
         window(32, 9, 32)
     with pytest.raises(LayerOutOfRangeError):
         knockout({"a": torch.ones(1, 2, dtype=torch.bool)}, "a", "a", [5], n_layers=3)
+
+
+def test_paper_window_scales_with_depth():
+    assert [paper_window_size(n) for n in (1, 4, 28, 32, 40, 80)] == [1, 1, 9, 9, 11, 23]
+    assert list(window(0, paper_window_size(4), 4)) == [0]  # one layer per window on a 4-layer model
