@@ -45,6 +45,10 @@ class EmptyTokenGroupError(MMLensError, ValueError):
     """A token group that selects no position where at least one is required."""
 
 
+class ProcessorUnavailableError(MMLensError):
+    """A checkpoint's processor cannot be built here (e.g. a sub-processor needs a missing package)."""
+
+
 class UnknownNameError(MMLensError, KeyError):
     """An unknown registered name (model, template, group, variant)."""
 

@@ -15,6 +15,7 @@ from torch import nn
 
 # Importing the family modules registers them.
 from mmlens.adapters import clip, llama, llava, llava_next, llava_onevision, mistral, qwen2, siglip  # noqa: F401
+from mmlens.adapters.processors import load_processor
 from mmlens.adapters.registry import VLM_ADAPTERS, lookup
 from mmlens.config import VLMConfig
 from mmlens.errors import UnknownNameError
@@ -23,13 +24,22 @@ from mmlens.zoo.registry import resolve_model_name
 __all__ = ["load_checkpoint"]
 
 
-def load_checkpoint(path_or_model: Any, *, dtype: torch.dtype = torch.float32) -> tuple[VLMConfig, dict, Any]:
+def load_checkpoint(
+    path_or_model: Any, *, dtype: torch.dtype = torch.float32, with_processor: bool = True
+) -> tuple[VLMConfig, dict, Any]:
     """Return ``(config, state_dict, processor_or_None)`` for a checkpoint.
 
     Args:
         path_or_model: A registered model name, a local Hugging Face directory, or a loaded
             ``transformers`` model (its tensors are shared, not copied, when the dtype matches).
         dtype: Parameter dtype of the result.
+        with_processor: Load the directory's processor too (None is returned in its place when
+            False, or when a loaded model is given).
+
+    Raises:
+        UnknownNameError: neither a registered name nor a local directory.
+        ProcessorUnavailableError: the directory's processor cannot be built here (see
+            :func:`~mmlens.adapters.processors.load_processor`).
     """
     processor = None
     if isinstance(path_or_model, nn.Module):
@@ -45,15 +55,9 @@ def load_checkpoint(path_or_model: Any, *, dtype: torch.dtype = torch.float32) -
         arch = (transformers.AutoConfig.from_pretrained(path, local_files_only=True).architectures or ["?"])[0]
         lookup(VLM_ADAPTERS, arch, "architecture")
         hf_model = getattr(transformers, arch).from_pretrained(path, dtype=dtype, local_files_only=True)
-        processor = _load_processor(path)
+        processor = load_processor(path) if with_processor else None
     adapter = lookup(VLM_ADAPTERS, type(hf_model).__name__, "architecture")
     cfg = adapter.config(hf_model.config)
     state = {k: v.detach().to(dtype) for k, v in adapter.weights(hf_model.state_dict(), cfg).items()}
     return cfg, state, processor
 
-
-def _load_processor(path: str) -> Any:
-    try:
-        return transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError):
-        return None

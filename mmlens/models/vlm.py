@@ -70,10 +70,12 @@ class HookedVLM(HookedDecoder):
         Raises:
             UnsupportedArchitectureError: no adapter handles the checkpoint's architecture or
                 config options.
+            ProcessorUnavailableError: the directory's processor cannot be built here and none
+                was passed (LLaVA-OneVision's without torchvision falls back to images only).
         """
         from mmlens.adapters import load_checkpoint
 
-        cfg, state_dict, found_processor = load_checkpoint(path_or_model, dtype=dtype)
+        cfg, state_dict, found_processor = load_checkpoint(path_or_model, dtype=dtype, with_processor=processor is None)
         with torch.device("meta"):
             model = cls(cfg)
         model.load_state_dict(state_dict, strict=True, assign=True)
