@@ -15,7 +15,7 @@ from mmlens.config import VLMConfig
 from mmlens.errors import ImageTokenMismatchError, MissingImageSlotError, MMLensError
 from mmlens.geometry import Box, ViewGeometry
 from mmlens.pixels import Pixels, process_images
-from mmlens.geometry_anyres import BASE, NEWLINE, AnyresGeometry
+from mmlens.geometry_anyres import BASE, NEWLINE, TILE, AnyresGeometry
 from mmlens.prompts import PromptText
 from mmlens.templates import Template, get_template
 from mmlens.tokens import TokenGroups, span_mask, standard_groups

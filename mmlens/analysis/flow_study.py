@@ -107,7 +107,7 @@ def image_attention_example(model, sample: Sample, out: str | Path, template: st
     """The last row's head-mean attention over the image, for a few layers, drawn on the image."""
     import matplotlib.pyplot as plt
 
-    from mmlens.viz import heat_to_image, overlay, patch_heat
+    from mmlens.viz import overlay, position_heat_to_image
 
     inputs = sample_inputs(model, sample, template)
     with torch.no_grad():
@@ -118,6 +118,6 @@ def image_attention_example(model, sample: Sample, out: str | Path, template: st
     image = sample.load_image()
     for ax, layer in zip(axes, layers):
         row = cache["pattern", layer][0, :, -1].mean(0)
-        overlay(image, heat_to_image(inputs, patch_heat(inputs, row)), ax=ax, title=f"layer {layer}")
+        overlay(image, position_heat_to_image(inputs, row), ax=ax, title=f"layer {layer}")
     fig.suptitle(sample.question, fontsize=9)
     fig.savefig(Path(out) / "image_attention.png", dpi=120)

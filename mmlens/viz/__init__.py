@@ -2,7 +2,7 @@
 
 from mmlens.viz.attention_view import attention_view, token_labels
 from mmlens.viz.flow import plot_knockout, plot_lens, plot_shares
-from mmlens.viz.image import heat_to_image, overlay, patch_heat, plot_image_attention
+from mmlens.viz.image import heat_to_image, overlay, patch_heat, plot_image_attention, position_heat_to_image
 from mmlens.viz.saliency import plot_cam, plot_disruption, plot_flow_metrics
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "plot_knockout",
     "plot_lens",
     "plot_shares",
+    "position_heat_to_image",
     "token_labels",
 ]
