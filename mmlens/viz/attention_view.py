@@ -4,14 +4,36 @@ from __future__ import annotations
 
 import torch
 
+from mmlens.geometry_anyres import BASE, NEWLINE, AnyresGeometry
 from mmlens.inputs import MMInputs
 
 
 def token_labels(model, inputs: MMInputs, row: int = 0) -> list[str]:
-    """Readable labels: text tokens as themselves, image tokens as ``img(r,c)``."""
+    """Readable labels: text tokens as themselves, image tokens by the patch feeding them.
+
+    Single-view images: ``img(r,c)``. Anyres images (LLaVA-NeXT, LLaVA-OneVision): ``base(r,c)``
+    for the base view, ``t{tile}(r,c)`` for a patch of tile ``tile`` (row-major over the tile
+    grid), ``tiles(r,c)`` for a cell of a shrunk OneVision grid (it mixes several tiles'
+    patches), ``nl`` for a newline slot.
+    """
     toks = model.processor.tokenizer.convert_ids_to_tokens(inputs.input_ids[row].tolist())
     grid = inputs.image_grid
-    return [f"img({int(grid.row[row, i])},{int(grid.col[row, i])})" if grid.image_index[row, i] >= 0 else t for i, t in enumerate(toks)]
+    anyres = isinstance(grid.views[row], AnyresGeometry)
+    labels = []
+    for i, tok in enumerate(toks):
+        if grid.image_index[row, i] < 0:
+            labels.append(tok)
+            continue
+        kind, tile, r, c = (int(t[row, i]) for t in (grid.kind, grid.tile, grid.row, grid.col))
+        if not anyres:
+            labels.append(f"img({r},{c})")
+        elif kind == NEWLINE:
+            labels.append("nl")
+        elif kind == BASE:
+            labels.append(f"base({r},{c})")
+        else:
+            labels.append(f"t{tile}({r},{c})" if tile >= 0 else f"tiles({r},{c})")
+    return labels
 
 
 def attention_view(model, inputs: MMInputs, layer: int, row: int = 0):

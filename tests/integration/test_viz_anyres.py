@@ -82,3 +82,32 @@ def test_attention_overlay_and_bad_views(models):
     assert len(fig.axes) == 1
     with pytest.raises(MMLensError, match="views must be one of"):
         position_heat_to_image(inputs, torch.zeros(inputs.input_ids.shape[1]), views="tile")
+
+
+def test_attention_view_labels_base_view_tiles_and_newlines(models):
+    from mmlens.viz import attention_view, token_labels
+
+    model = models["next"]
+    # 30x64 (w x h) picks the 64x32 (h x w) pinpoint: 2x1 tiles of 4x4 patches, nothing un-padded,
+    # so after the 4x4 base view the tile grid is 8 rows of 4 patches, each row closed by a newline.
+    inputs = _prepare(model, (30, 64))
+    labels = token_labels(model, inputs)
+    image = inputs.groups.positions("image").tolist()
+    expected = [f"base({r},{c})" for r in range(4) for c in range(4)]
+    for r in range(8):
+        expected += [f"t{r // 4}({r % 4},{c})" for c in range(4)] + ["nl"]
+    assert [labels[i] for i in image] == expected
+    assert labels[-1] == ":" and labels[image[0] - 1] not in expected
+    html = str(attention_view(model, inputs, layer=1))
+    assert "t1(3,3)" in html and "base(0,0)" in html
+
+
+def test_labels_of_a_shrunk_onevision_grid(models):
+    from mmlens.viz import token_labels
+
+    inputs = _prepare(models["onevision-shrunk"], (90, 35))
+    grid = inputs.image_grid
+    labels = token_labels(models["onevision-shrunk"], inputs)
+    tiles = grid.tile_patches()[0].nonzero().flatten().tolist()
+    assert tiles and all(labels[i].startswith("tiles(") for i in tiles)
+    assert {labels[i] for i in grid.newline_slots()[0].nonzero().flatten().tolist()} == {"nl"}
