@@ -92,8 +92,12 @@ def _cam(args: argparse.Namespace) -> int:
         plot_cam(cam, inputs, s.load_image()).savefig(out / f"cam_{s.id}.png", dpi=120)
     hits = cam_hit_rate(model, tqdm(samples, desc="cam hit rate"), args.layers, args.tower, args.variant, smooth, args.template)
     hits.to_csv(out / "cam_hits.csv", index=False)
-    print("share of samples whose heat-map peak lies on a named object, per layer:")
-    print(hits.groupby("layer")["hit"].mean().round(3).to_string())
+    table = hits.groupby("layer")[["hit", "chance"]].mean().round(3)
+    table.columns = ["hit rate", "chance"]
+    print(f"share of {hits['sample'].nunique()} samples whose heat-map peak lies on a named object, per layer")
+    print("(chance: the share of patches on a named object, the hit rate of a random peak):")
+    print(table.to_string())
+    table.to_csv(out / "cam_hit_rate.csv")
     return 0
 
 

@@ -24,8 +24,9 @@ def cam_hit_rate(
     """Per sample and layer: whether the heat map's peak patch overlaps a box the question names.
 
     Samples without boxes are skipped. The answer is the gold answer, teacher-forced.
-    Returns a DataFrame with columns sample, task, layer, hit; ``.groupby("layer").hit.mean()``
-    is the hit rate per layer.
+    Returns a DataFrame with columns sample, task, layer, hit (1.0, 0.0, or NaN for an all-zero
+    map), chance; ``.groupby("layer").hit.mean()`` is the hit rate per layer (NaN skipped), and ``chance`` (the share of the image grid's patches that overlap
+    a named box) is the hit rate of a peak drawn uniformly at random, its baseline.
     """
     rows = []
     for s in samples:
@@ -37,9 +38,12 @@ def cam_hit_rate(
         related = torch.zeros(grid.views[0].grid, grid.views[0].grid, dtype=torch.bool)
         sel = inputs.groups["related"][0] & (grid.row[0] >= 0)
         related[grid.row[0, sel], grid.col[0, sel]] = True
+        chance = related.float().mean().item()
         for i, layer in enumerate(cam.layers):
             heat = cam.raw[0, i]
             peak = int(heat.flatten().argmax())
-            hit = bool(heat.max() > 0) and bool(related.flatten()[peak])
-            rows.append((s.id, s.task, layer, hit))
-    return pd.DataFrame(rows, columns=["sample", "task", "layer", "hit"])
+            # An all-zero map has no peak: the last decoder layer's MLP input at image positions
+            # cannot reach the answer (no attention follows it), so its gradient is exactly 0.
+            hit = float(related.flatten()[peak]) if heat.max() > 0 else float("nan")
+            rows.append((s.id, s.task, layer, hit, chance))
+    return pd.DataFrame(rows, columns=["sample", "task", "layer", "hit", "chance"])

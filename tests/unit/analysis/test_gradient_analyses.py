@@ -131,3 +131,31 @@ def test_disruption_metrics_and_d(setup):
     d = d_metric(DisruptionResult(pd.concat([vt.df, vv.df])))
     with np.errstate(divide="ignore", invalid="ignore"):
         np.testing.assert_allclose(d["D"].to_numpy(), np.log(d["E_vv"].to_numpy() / d["E_vt"].to_numpy()))
+
+
+def test_cam_hit_rate_scores_the_peak_against_the_named_boxes(setup):
+    from mmlens.analysis.cam_study import cam_hit_rate
+
+    model, _, _ = setup
+    samples = [make_sample(i, t) for i, t in enumerate(["ChooseAttr", "QueryAttr", "ChooseRel"])]
+    hits = cam_hit_rate(model, samples)
+    last = model.cfg.n_layers - 1
+    for s in samples:
+        inputs = sample_inputs(model, s)
+        cam = grad_cam(model, inputs, answer=s.answer)
+        image = inputs.groups["image"][0]
+        named = torch.zeros_like(image)
+        for box in s.boxes.values():
+            named |= inputs.patches_in_box(box)[0]
+        rows = hits[hits["sample"] == s.id].set_index("layer")
+        assert rows["chance"].iloc[0] == pytest.approx(named.sum().item() / image.sum().item())
+        for i, layer in enumerate(cam.layers):
+            heat = cam.raw[0, i]
+            if layer == last:  # nothing after the last MLP reaches the answer: no gradient
+                assert heat.abs().max() == 0
+            if heat.max() <= 0:  # an all-zero map has no peak
+                assert np.isnan(rows.loc[layer, "hit"])
+                continue
+            r, c = divmod(int(heat.argmax()), heat.shape[-1])
+            pos = (inputs.image_grid.row[0] == r) & (inputs.image_grid.col[0] == c)
+            assert rows.loc[layer, "hit"] == float(named[pos].item())
