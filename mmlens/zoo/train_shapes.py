@@ -95,6 +95,8 @@ class TrainConfig:
         threads: Torch CPU threads. One keeps a run unaffected by a busy second core.
         eval_every: VQA steps between held-out checks (0: none; the adaptive mix then stays uniform).
         eval_per_type: Held-out samples per type for those checks (split ``MONITOR_SPLIT``).
+        init: Continue from this saved checkpoint (model and processor) instead of fresh weights;
+            use another ``seed`` so that its scenes are new, and ``vision_steps=0``.
     """
 
     arch: ShapesArch = field(default_factory=ShapesArch)
@@ -120,6 +122,7 @@ class TrainConfig:
     threads: int = 1
     eval_every: int = 250
     eval_per_type: int = 40
+    init: str | None = None
 
 
 SMALL = TrainConfig(
@@ -252,8 +255,12 @@ def train(
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     history = [] if history is None else history
-    processor = shapes_processor(config.arch)
-    model = transformers.LlavaForConditionalGeneration(shapes_llava_config(config.arch, processor)).train()
+    if config.init is None:
+        processor = shapes_processor(config.arch)
+        model = transformers.LlavaForConditionalGeneration(shapes_llava_config(config.arch, processor)).train()
+    else:
+        processor = LlavaProcessor.from_pretrained(config.init)
+        model = transformers.LlavaForConditionalGeneration.from_pretrained(config.init).train()
     heads = PatchHeads(config.arch.vision_d_model, config.arch.image_size // config.arch.patch_size)
     start = time.perf_counter()
     if config.vision_steps:
@@ -324,10 +331,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, help="seed of weights and training scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads (the last bits of numerics may differ)")
     parser.add_argument("--small", action="store_true", help="tiny smoke-test configuration")
+    parser.add_argument("--init", help="continue from this saved checkpoint (see TrainConfig.init)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="override any TrainConfig field, e.g. --set aux_rate=0.3 (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("steps", "minutes", "seed", "threads") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("steps", "minutes", "seed", "threads", "init") if getattr(args, k) is not None}
     for item in args.set:
         name, _, value = item.partition("=")
         if name not in TrainConfig.__dataclass_fields__ or name in ("arch", "scenes"):

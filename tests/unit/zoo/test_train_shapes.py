@@ -128,3 +128,14 @@ def test_small_training_runs_and_saves_a_loadable_checkpoint(tmp_path) -> None:
     loaded_processor = AutoProcessor.from_pretrained(tmp_path)
     acc = accuracy_by_type(loaded, loaded_processor, shapes_dataset(7, seed=5, types=QUESTION_TYPES))
     assert set(acc) == {*QUESTION_TYPES, "all"}
+
+
+def test_training_continues_from_a_saved_checkpoint(tmp_path) -> None:
+    main(["--small", "--out", str(tmp_path / "a"), "--steps", "1"])
+    start = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    main(["--small", "--init", str(tmp_path / "a"), "--out", str(tmp_path / "b"), "--steps", "1",
+          "--seed", "1", "--set", "vision_steps=0"])  # fmt: skip
+    after = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    assert start.keys() == after.keys()
+    changed = [k for k in start if not torch.equal(start[k], after[k])]
+    assert changed and "model.language_model.layers.0.self_attn.q_proj.weight" in changed
