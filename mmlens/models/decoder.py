@@ -61,6 +61,7 @@ class SeqState:
         kept: ``[batch, pos]`` original index of each current position.
         image: ``[batch, pos]`` image positions.
         instruction: ``[batch, pos]`` positions after the image (the instruction).
+        newline: ``[batch, pos]`` anyres ``image_newline`` slots (a subset of ``image``).
     """
 
     resid: Tensor
@@ -70,6 +71,7 @@ class SeqState:
     kept: Tensor
     image: Tensor
     instruction: Tensor
+    newline: Tensor
 
     def gather(self, index: Tensor) -> SeqState:
         """Keep positions ``index`` (``[batch, n]``, increasing) of every field."""
@@ -78,7 +80,8 @@ class SeqState:
             return torch.gather(x, 1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
 
         return SeqState(take(self.resid), (take(self.rotary[0]), take(self.rotary[1])), take(self.valid),
-                        take(self.visible), take(self.kept), take(self.image), take(self.instruction))
+                        take(self.visible), take(self.kept), take(self.image), take(self.instruction),
+                        take(self.newline))
 
 
 @runtime_checkable
@@ -158,6 +161,7 @@ class HookedDecoder(HookedRoot):
         *,
         plan: LayerPlan | None = None,
         image: Tensor | None = None,
+        newline: Tensor | None = None,
     ) -> Float[Tensor, "batch kept_pos d_vocab"]:
         """Run blocks ``start_layer..`` on a residual stream, then the final norm and unembedding.
 
@@ -169,6 +173,7 @@ class HookedDecoder(HookedRoot):
             start_layer: First block to run (earlier blocks are assumed already applied).
             plan: A token-pruning plan consulted before every block (prefill only).
             image: ``[batch, pos]`` image positions, for the plan.
+            newline: ``[batch, pos]`` anyres newline slots among them, for the plan.
 
         Returns:
             Logits of the positions that remain (all of them unless ``plan`` drops some).
@@ -180,9 +185,11 @@ class HookedDecoder(HookedRoot):
             offset = cache.next_pos[:, None] if past and cache.next_pos is not None else 0
             position_ids = offset + positions_from_mask(valid)
         image = torch.zeros_like(valid) if image is None else image
+        newline = torch.zeros_like(valid) if newline is None else newline
         after_image = torch.cumsum(image.int().flip(-1), -1).flip(-1) == 0
         state = SeqState(resid, self.rotary(position_ids, resid.dtype), valid, valid,
-                         torch.arange(p, device=resid.device).expand(b, p), image, after_image & image.any(-1, keepdim=True) & valid)
+                         torch.arange(p, device=resid.device).expand(b, p), image,
+                         after_image & image.any(-1, keepdim=True) & valid, newline)
         new_kv: list = [None] * self.cfg.n_layers
         new_valid: list = [None] * self.cfg.n_layers
         masks: dict[tuple[int, int], AttentionMask] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from mmlens.components.projector import Projector
@@ -241,4 +241,37 @@ class HookedVLM(HookedDecoder):
         plan = None if prune is None or decoding else prune.plan(self.cfg.n_layers)
         self.last_prune = plan
         image = input_ids == self.vlm_cfg.image_token_index
-        return self.decode_blocks(resid, attention_mask, position_ids, cache, plan=plan, image=image)
+        newline = None if plan is None else self.newline_slots(input_ids, image_sizes)
+        return self.decode_blocks(resid, attention_mask, position_ids, cache, plan=plan, image=image, newline=newline)
+
+    def newline_slots(
+        self, input_ids: Int[Tensor, "batch pos"], image_sizes: Tensor | None = None
+    ) -> Bool[Tensor, "batch pos"]:
+        """The anyres ``image_newline`` positions of a prompt (none for single-view models).
+
+        Laid out by the same :func:`~mmlens.models.anyres.pack_image` that fills the image slots,
+        run on an indicator instead of features, so no vision tower runs.
+
+        Args:
+            input_ids: Prompts whose image placeholders are expanded, one image after another.
+            image_sizes: ``[n_img, 2]`` (height, width) of each image (anyres models).
+        """
+        image = input_ids == self.vlm_cfg.image_token_index
+        out = torch.zeros_like(image)
+        pinpoints = self.vlm_cfg.image_grid_pinpoints
+        if pinpoints is None or image_sizes is None or not bool(image.any()):
+            return out
+        tile, per_view = self.vlm_cfg.vision.image_size, self.vlm_cfg.image_seq_length
+        flags = []
+        for size in torch.as_tensor(image_sizes).tolist():
+            views = torch.zeros(n_views(size, pinpoints, tile), per_view, 1)
+            packed = pack_image(views, size, pinpoints, tile, torch.ones(1), self.vlm_cfg.anyres_max_patches)
+            flags.append(packed[:, 0] > 0.5)
+        flags = torch.cat(flags).to(image.device)
+        if flags.numel() != int(image.sum()):
+            raise ImageTokenMismatchError(
+                f"the prompt has {int(image.sum())} image tokens but images of sizes {image_sizes} need "
+                f"{flags.numel()}: build prompts with model.prepare() or the checkpoint's processor."
+            )
+        out[image] = flags
+        return out

@@ -3,7 +3,12 @@
 A policy is a value; ``policy.plan(n_layers)`` makes the per-forward plan the decoder consults
 before every block. Pruning happens once, at prefill; generation continues with a KV cache
 whose length differs by layer. Kept tokens keep their original rotary positions; each sample of
-a batch is ranked on its own.
+a batch is ranked on its own, and keeps its own count (a ratio of its own image tokens), so
+prompts with different image-token counts (LLaVA-NeXT, LLaVA-OneVision) batch together.
+
+Anyres newline slots are image positions and are ranked like any other (methods.md §1:
+the image group holds base view, tiles and newline slots); ``keep_newlines=True`` keeps them
+all, never ranked, and the ratio then applies to the other image positions.
 """
 
 from __future__ import annotations
@@ -44,9 +49,13 @@ def ratio_keep(ratio: float) -> Callable[[int], int]:
 
 
 class Plan:
-    """One forward's pruning: collects attention where needed and reshapes the sequence."""
+    """One forward's pruning: collects attention where needed and reshapes the sequence.
 
-    def __init__(self, stages: list[Stage], mode: str, n_layers: int):
+    In ``drop`` mode, rows that keep different numbers of tokens are left-padded to the longest
+    (padding is neither valid nor visible; its ``kept`` index is -1).
+    """
+
+    def __init__(self, stages: list[Stage], mode: str, n_layers: int, keep_newlines: bool = False):
         if mode not in MODES:
             raise MMLensError(f"mode must be one of {MODES}, not {mode!r}.")
         for s in stages:
@@ -54,6 +63,7 @@ class Plan:
                 raise MMLensError(f"cannot prune before layer {s.layer} of {n_layers}: ranking uses layer {s.layer - 1}.")
         self.stages = {s.layer: s for s in stages}
         self.mode = mode
+        self.keep_newlines = keep_newlines
         self.attn: dict[int, Tensor] = {}
         self.kept: dict[int, Tensor] = {}
         """Prune layer → ``[batch, pos]`` original index of each position from that layer on
@@ -71,34 +81,53 @@ class Plan:
         if stage is None:
             return state
         candidates = state.image & state.visible
-        n_now = int(candidates[0].sum())
-        n_keep = stage.keep(n_now)
-        if bool((candidates.sum(-1) != n_now).any()):
-            raise MMLensError("every prompt of a pruned batch must hold the same number of image tokens.")
+        if self.keep_newlines:
+            candidates = candidates & ~state.newline
+        n_keep = torch.tensor([stage.keep(int(n)) for n in candidates.sum(-1)], device=candidates.device)
         if stage.score:
             scores = SCORERS[stage.score](self.attn.pop(layer), state)
         else:
             scores = torch.zeros(candidates.shape, device=candidates.device)
         scores = scores.masked_fill(~candidates, float("-inf"))
-        top = scores.topk(n_keep, dim=-1).indices if n_keep else scores[:, :0].long()
-        keep_img = torch.zeros_like(candidates).scatter(1, top, True) & candidates
-        keep = ~candidates | keep_img
+        # Rank of every position within its row (0 = highest score); keep each row's top n_keep.
+        order = scores.argsort(dim=-1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        keep = ~candidates | (rank < n_keep[:, None])
         if self.mode == "mask":
             # Pruned tokens stay in the sequence but no other position reads them any more.
             state.visible = state.visible & keep
             self.kept[layer] = state.kept.masked_fill(~keep, -1)
             return state
-        index = keep.nonzero()[:, 1].view(keep.shape[0], -1)
-        state = state.gather(index)
+        state = _keep_positions(state, keep)
         self.kept[layer] = state.kept
         return state
+
+
+def _keep_positions(state: SeqState, keep: Tensor) -> SeqState:
+    """The sequence without the positions ``keep`` [batch, pos] rejects, rows left-padded to the
+    longest (padding repeats position 0 and is marked invalid everywhere)."""
+    lengths = keep.sum(-1)
+    n = int(lengths.max())
+    pad = n - lengths
+    # Column of each kept position in the output; rejected ones go to a spare last column.
+    target = torch.where(keep, pad[:, None] + keep.long().cumsum(-1) - 1, n)
+    source = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
+    index = torch.zeros(keep.shape[0], n + 1, dtype=torch.long, device=keep.device).scatter_(1, target, source)[:, :n]
+    state = state.gather(index)
+    if bool((pad > 0).any()):
+        real = torch.arange(n, device=keep.device)[None] >= pad[:, None]
+        state.valid, state.visible = state.valid & real, state.visible & real
+        state.image, state.instruction, state.newline = state.image & real, state.instruction & real, state.newline & real
+        state.kept = state.kept.masked_fill(~real, -1)
+    return state
 
 
 @dataclass(frozen=True)
 class Truncate:
     """Keep the ``keep`` image tokens the last row attends to most (layer K-1), from layer K on.
 
-    ``keep=0`` removes all image information from layer K on (the cliff-layer sweep).
+    ``keep=0`` removes all image information from layer K on (the cliff-layer sweep), newline
+    slots included unless ``keep_newlines``.
 
     References: seeds 000 §3.3, 001 §3.4.
     """
@@ -106,10 +135,11 @@ class Truncate:
     layer: int
     keep: int
     mode: str = "mask"
+    keep_newlines: bool = False
 
     def plan(self, n_layers: int) -> Plan:
         score = "last_row" if self.keep > 0 else ""
-        return Plan([Stage(self.layer, lambda n: min(self.keep, n), score)], self.mode, n_layers)
+        return Plan([Stage(self.layer, lambda n: min(self.keep, n), score)], self.mode, n_layers, self.keep_newlines)
 
 
 @dataclass(frozen=True)
@@ -117,7 +147,8 @@ class FastV:
     """Drop the ``ratio`` least-attended image tokens after layer K-1.
 
     ``rank_by="all_rows"`` averages the attention each token receives over all query rows (the
-    paper); ``"last_row"`` uses the last query row only (the released code).
+    paper); ``"last_row"`` uses the last query row only (the released code). ``keep_newlines``
+    keeps anyres newline slots out of the ranking (see the module docstring).
 
     References: seed 003 §4 (FastV baseline).
     """
@@ -126,11 +157,12 @@ class FastV:
     ratio: float = 0.5
     rank_by: str = "all_rows"
     mode: str = "drop"
+    keep_newlines: bool = False
 
     def plan(self, n_layers: int) -> Plan:
         if self.rank_by not in ("all_rows", "last_row"):
             raise MMLensError(f"rank_by must be 'all_rows' or 'last_row', not {self.rank_by!r}.")
-        return Plan([Stage(self.layer, ratio_keep(self.ratio), self.rank_by)], self.mode, n_layers)
+        return Plan([Stage(self.layer, ratio_keep(self.ratio), self.rank_by)], self.mode, n_layers, self.keep_newlines)
 
 
 @dataclass(frozen=True)
@@ -139,7 +171,8 @@ class HiMAP:
 
     ``phi_dp``: ``"column"`` (Σ_i∈V A(i, v), paper prose and code; default), ``"row"`` (the
     printed formula's A(v, i)) or ``"column_normalised"`` (divided by how many image rows can
-    see v). Defaults are seed 003 Table 3 for LLaVA-1.5-7B.
+    see v). Defaults are seed 003 Table 3 for LLaVA-1.5-7B. ``keep_newlines`` keeps anyres
+    newline slots out of both rankings (see the module docstring).
 
     References: seed 003 §4, eq. 8–9.
     """
@@ -150,6 +183,7 @@ class HiMAP:
     r2: float = 0.75
     phi_dp: str = "column"
     mode: str = "drop"
+    keep_newlines: bool = False
 
     def plan(self, n_layers: int) -> Plan:
         if self.phi_dp not in ("column", "row", "column_normalised"):
@@ -157,4 +191,4 @@ class HiMAP:
         if not 0 < self.k1 < self.k2:
             raise MMLensError(f"HiMAP needs 0 < k1 < k2, got k1={self.k1}, k2={self.k2}.")
         stages = [Stage(self.k1, ratio_keep(self.r1), "instruction"), Stage(self.k2, ratio_keep(self.r2), self.phi_dp)]
-        return Plan(stages, self.mode, n_layers)
+        return Plan(stages, self.mode, n_layers, self.keep_newlines)

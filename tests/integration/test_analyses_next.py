@@ -56,7 +56,7 @@ def test_grad_cam_maps_the_base_view(setup, tower):
 
 @pytest.mark.parametrize("policy", [FastV(1, 0.5), HiMAP(1, 0.5, 2, 0.5), Truncate(1, keep=5, mode="drop")])
 def test_pruning_runs_and_generates(setup, policy):
-    """One prompt at a time: a pruned batch needs the same image-token count in every row."""
+    """One prompt at a time (mixed batches: tests/integration/test_pruning_next.py)."""
     model, _, alone = setup
     for row in alone:
         with torch.no_grad():
