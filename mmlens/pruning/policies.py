@@ -67,7 +67,7 @@ class Plan:
         self.attn: dict[int, Tensor] = {}
         self.kept: dict[int, Tensor] = {}
         """Prune layer → ``[batch, pos]`` original index of each position from that layer on
-        (mask mode: ``-1`` where a token is hidden)."""
+        (``-1`` where a token is hidden in mask mode, and at drop mode's padding)."""
 
     def wants_pattern(self, layer: int) -> bool:
         stage = self.stages.get(layer + 1)
@@ -96,7 +96,8 @@ class Plan:
         if self.mode == "mask":
             # Pruned tokens stay in the sequence but no other position reads them any more.
             state.visible = state.visible & keep
-            self.kept[layer] = state.kept.masked_fill(~keep, -1)
+            # Hidden now or at an earlier stage.
+            self.kept[layer] = state.kept.masked_fill(state.image & ~state.visible, -1)
             return state
         state = _keep_positions(state, keep)
         self.kept[layer] = state.kept

@@ -76,6 +76,17 @@ def test_a_mixed_batch_equals_each_prompt_alone(setup, policy):
             torch.testing.assert_close(together[r], model(row, prune=policy)[0, -1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mode", ["mask", "drop"])
+def test_two_stages_keep_a_quarter_of_each_row(setup, mode):
+    model, batch, _ = setup
+    with torch.no_grad():
+        model(batch, prune=HiMAP(1, 0.5, 2, 0.5, mode=mode))
+    kept = model.last_prune.kept[2]
+    image = batch.groups["image"]
+    got = [sum(1 for i in kept[r] if i >= 0 and image[r, i]) for r in range(2)]
+    assert got == [round(round(int(n) * 0.5) * 0.5) for n in image.sum(-1)]
+
+
 def test_a_mixed_batch_generates_as_each_prompt_alone(setup):
     model, batch, alone = setup
     policy = HiMAP(1, 0.5, 2, 0.75)
