@@ -78,23 +78,42 @@ def tiny_llava_config(
     )
 
 
-def tiny_llava_next_config(pinpoints=((32, 64), (64, 32), (64, 64)), **kwargs: Any) -> transformers.LlavaNextConfig:
-    """A tiny ``LlavaNextConfig`` (anyres tiling over ``pinpoints`` of the vision tower's tiles)."""
-    base = tiny_llava_config(**kwargs)
-    return transformers.LlavaNextConfig(
+def _anyres_config(config_class: type, pinpoints, base: transformers.LlavaConfig, **extra: Any):
+    """``config_class`` (an anyres LLaVA config) over ``base``'s towers, tiled over ``pinpoints``."""
+    return config_class(
         vision_config=base.vision_config,
         text_config=base.text_config,
         image_token_index=base.image_token_id,
         image_grid_pinpoints=[list(p) for p in pinpoints],
         vision_feature_layer=base.vision_feature_layer,
         vision_feature_select_strategy=base.vision_feature_select_strategy,
-        tie_word_embeddings=base.tie_word_embeddings,
+        **extra,
     )
+
+
+def tiny_llava_next_config(pinpoints=((32, 64), (64, 32), (64, 64)), **kwargs: Any) -> transformers.LlavaNextConfig:
+    """A tiny ``LlavaNextConfig`` (anyres tiling over ``pinpoints`` of the vision tower's tiles)."""
+    base = tiny_llava_config(**kwargs)
+    return _anyres_config(transformers.LlavaNextConfig, pinpoints, base, tie_word_embeddings=base.tie_word_embeddings)
+
+
+ONEVISION_PINPOINTS = ((32, 64), (64, 32), (64, 64), (96, 32))
+"""(height, width) grids of a tiny OneVision model, in units of its 32-px tower tiles."""
+
+
+def tiny_onevision_config(
+    aspect: str = "anyres_max_9", pinpoints=ONEVISION_PINPOINTS, **kwargs: Any
+) -> transformers.LlavaOnevisionConfig:
+    """A tiny ``LlavaOnevisionConfig``: SigLIP tower (all patches, last layer), Qwen2 decoder, anyres
+    tiling over ``pinpoints`` with ``vision_aspect_ratio=aspect``."""
+    kwargs = {"decoder": "qwen2", "vision": "siglip", "select_strategy": "full", "vision_feature_layer": -1} | kwargs
+    return _anyres_config(transformers.LlavaOnevisionConfig, pinpoints, tiny_llava_config(**kwargs), vision_aspect_ratio=aspect)
 
 
 MODEL_CLASSES = {
     transformers.LlavaConfig: transformers.LlavaForConditionalGeneration,
     transformers.LlavaNextConfig: transformers.LlavaNextForConditionalGeneration,
+    transformers.LlavaOnevisionConfig: transformers.LlavaOnevisionForConditionalGeneration,
 }
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from mmlens import HookedVLM, ImageTokenMismatchError
 from mmlens.models.decoder import positions_from_mask
+from tests.integration.anyres_batch import batch_for
 from mmlens.zoo.tiny import tiny_llava, tiny_llava_next_config
 
 CASES = {
@@ -27,29 +27,11 @@ def pair(request, tmp_path_factory):
     return HookedVLM.from_pretrained(str(path)), transformers.LlavaNextForConditionalGeneration.from_pretrained(path).eval()
 
 
-def batch_for(hf, sizes, seed=0):
-    """Prompts whose image-token counts come from Hugging Face's own packing, left-padded."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = hf.config
-    n_views = [image_size_to_num_patches(s, cfg.image_grid_pinpoints, cfg.vision_config.image_size) for s in sizes]
-    px = torch.randn(len(sizes), max(n_views), 3, 32, 32, generator=g)
-    image_sizes = torch.tensor(sizes)
-    with torch.no_grad():
-        feats = hf.model.get_image_features(pixel_values=px, image_sizes=image_sizes).pooler_output
-    counts = [len(f) for f in feats]
-    length = max(counts) + 12
-    ids = torch.randint(5, cfg.text_config.vocab_size, (len(sizes), length), generator=g)
-    mask = torch.ones_like(ids)
-    for r, n in enumerate(counts):
-        pad = length - n - 12
-        ids[r, :pad], mask[r, :pad] = 0, 0
-        ids[r, pad + 3 : pad + 3 + n] = cfg.image_token_id
-    return ids, px, image_sizes, mask, counts
 
 
 def test_logits_and_activations_match_hugging_face(pair):
     model, hf = pair
-    ids, px, sizes, mask, counts = batch_for(hf, SIZES)
+    ids, px, sizes, mask, _, counts = batch_for(hf, SIZES)
     assert counts[0] != counts[1]
     with torch.no_grad():
         ref = hf(input_ids=ids, pixel_values=px, image_sizes=sizes, attention_mask=mask,
@@ -66,7 +48,7 @@ def test_logits_and_activations_match_hugging_face(pair):
 
 def test_generate_matches_and_counts_are_checked(pair):
     model, hf = pair
-    ids, px, sizes, mask, _ = batch_for(hf, SIZES, seed=1)
+    ids, px, sizes, mask, _, _ = batch_for(hf, SIZES, seed=1)
     ref = hf.generate(input_ids=ids, pixel_values=px, image_sizes=sizes, attention_mask=mask, max_new_tokens=6, do_sample=False)
     ours = model.generate(input_ids=ids, pixel_values=px, image_sizes=sizes, attention_mask=mask, max_new_tokens=6)
     assert torch.equal(ours, ref)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from mmlens import HookedVLM, UnsupportedArchitectureError
 from mmlens.models.decoder import positions_from_mask
-from tests.integration.tiny_onevision import random_onevision, tiny_onevision_config
+from tests.integration.anyres_batch import batch_for
+from mmlens.zoo.tiny import tiny_llava, tiny_onevision_config
 
 CASES = {
     "default-budget": dict(n_kv_heads=2),
@@ -24,29 +24,11 @@ BATCHES = [[(40, 70), (64, 30)], [(96, 40), (33, 33)]]  # (height, width): wide,
 @pytest.fixture(scope="module", params=list(CASES))
 def pair(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("onevision")
-    random_onevision(tiny_onevision_config(**CASES[request.param])).save_pretrained(path)
+    tiny_llava(tiny_onevision_config(**CASES[request.param])).save_pretrained(path)
     hf = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(path).eval()
     return HookedVLM.from_pretrained(str(path)), hf
 
 
-def batch_for(hf, sizes, seed=0):
-    """Prompts whose image-token counts come from Hugging Face's own packing, left-padded."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = hf.config
-    n_views = [image_size_to_num_patches(s, cfg.image_grid_pinpoints, cfg.vision_config.image_size) for s in sizes]
-    px = torch.randn(len(sizes), max(n_views), 3, 32, 32, generator=g)
-    image_sizes = torch.tensor(sizes)
-    with torch.no_grad():
-        feats = hf.model.get_image_features(pixel_values=px, image_sizes=image_sizes).pooler_output
-    counts = [len(f) for f in feats]
-    length = max(counts) + 12
-    ids = torch.randint(5, cfg.text_config.vocab_size, (len(sizes), length), generator=g)
-    mask = torch.ones_like(ids)
-    for r, n in enumerate(counts):
-        pad = length - n - 12
-        ids[r, :pad], mask[r, :pad] = 0, 0
-        ids[r, pad + 3 : pad + 3 + n] = cfg.image_token_id
-    return ids, px, image_sizes, mask, n_views, counts
 
 
 def vision_reference(hf, px, n_views):
@@ -108,4 +90,4 @@ def test_unsupported_options_raise(field, value, match):
     config = tiny_onevision_config()
     setattr(config, field, value)
     with pytest.raises(UnsupportedArchitectureError, match=match):
-        HookedVLM.from_pretrained(random_onevision(config))
+        HookedVLM.from_pretrained(tiny_llava(config))

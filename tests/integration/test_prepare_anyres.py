@@ -15,7 +15,7 @@ from mmlens.geometry_anyres import BASE, NEWLINE, TILE
 from mmlens.templates import get_template
 from mmlens.zoo.tiny import tiny_llava, tiny_llava_next_config
 from mmlens.zoo.tokenizer import build_tokenizer
-from tests.integration.tiny_onevision import PINPOINTS, random_onevision, tiny_onevision_config
+from mmlens.zoo.tiny import ONEVISION_PINPOINTS as PINPOINTS, tiny_llava, tiny_onevision_config
 
 NEXT_PINPOINTS = ((32, 64), (64, 32), (64, 64))
 WORDS = ["USER", "ASSISTANT", "is", "there", "a", "star", "what", "colour", "the", "square", "?", ":"]
@@ -42,7 +42,7 @@ class ImagesOnlyOnevisionProcessor(transformers.LlavaOnevisionProcessor):
 
 
 def _onevision(path, aspect):
-    random_onevision(tiny_onevision_config(aspect=aspect, n_kv_heads=2)).save_pretrained(path)
+    tiny_llava(tiny_onevision_config(aspect=aspect, n_kv_heads=2)).save_pretrained(path)
     ip = transformers.LlavaOnevisionImageProcessor(size={"height": 32, "width": 32},
                                                    image_grid_pinpoints=[list(p) for p in PINPOINTS])
     return ImagesOnlyOnevisionProcessor(image_processor=ip, tokenizer=build_tokenizer(WORDS), num_image_tokens=16,

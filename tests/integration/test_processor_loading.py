@@ -15,7 +15,7 @@ from mmlens.adapters import load_checkpoint
 from mmlens.adapters.processors import LlavaOnevisionImagesProcessor
 from mmlens.zoo.tokenizer import build_tokenizer
 from tests.integration.test_prepare_anyres import WORDS, ImagesOnlyOnevisionProcessor
-from tests.integration.tiny_onevision import PINPOINTS, random_onevision, tiny_onevision_config
+from mmlens.zoo.tiny import ONEVISION_PINPOINTS as PINPOINTS, tiny_llava, tiny_onevision_config
 
 
 def _reference_processor() -> ImagesOnlyOnevisionProcessor:
@@ -31,7 +31,7 @@ def saved(tmp_path_factory):
     and processor_config.json naming LlavaOnevisionProcessor (saved piecewise: saving the full
     processor needs its video processor too)."""
     path = tmp_path_factory.mktemp("onevision-saved")
-    random_onevision(tiny_onevision_config(n_kv_heads=2)).save_pretrained(path)
+    tiny_llava(tiny_onevision_config(n_kv_heads=2)).save_pretrained(path)
     processor = _reference_processor()
     processor.tokenizer.save_pretrained(path)
     processor.image_processor.save_pretrained(path)

@@ -1,0 +1,32 @@
+"""Random anyres prompts whose image-token counts come from Hugging Face's own packing."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+
+def batch_for(hf, sizes, seed=0):
+    """Left-padded prompts, one image of each ``(height, width)`` in ``sizes``, 3 text tokens before it.
+
+    Returns:
+        ids, pixel values, image sizes, attention mask, views per image, image tokens per image.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cfg = hf.config
+    image_size_to_num_patches = sys.modules[type(hf).__module__].image_size_to_num_patches  # the family's own
+    n_views = [image_size_to_num_patches(s, cfg.image_grid_pinpoints, cfg.vision_config.image_size) for s in sizes]
+    px = torch.randn(len(sizes), max(n_views), 3, 32, 32, generator=g)
+    image_sizes = torch.tensor(sizes)
+    with torch.no_grad():
+        feats = hf.model.get_image_features(pixel_values=px, image_sizes=image_sizes).pooler_output
+    counts = [len(f) for f in feats]
+    length = max(counts) + 12
+    ids = torch.randint(5, cfg.text_config.vocab_size, (len(sizes), length), generator=g)
+    mask = torch.ones_like(ids)
+    for r, n in enumerate(counts):
+        pad = length - n - 12
+        ids[r, :pad], mask[r, :pad] = 0, 0
+        ids[r, pad + 3 : pad + 3 + n] = cfg.image_token_id
+    return ids, px, image_sizes, mask, n_views, counts
