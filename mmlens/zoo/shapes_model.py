@@ -34,6 +34,7 @@ from mmlens.data.shapes import (
     COLOUR_RGB,
     NO,
     QUESTION_TYPES,
+    YES,
     REL_MARGIN_PX,
     SHAPE_NAMES,
     SYSTEM_PROMPT,
@@ -192,7 +193,7 @@ DESCRIBE = "What shape and colour are in the image?"
 COLOURS_QUESTION = "What colour is which shape?"
 SHAPES_QUESTION = "Which shape is what colour?"
 SIDES_QUESTION = "Which shape is left or right in the image?"
-AUX_KINDS = ("describe", "colours", "shapes", "side", "sides", "relations")
+AUX_KINDS = ("describe", "colours", "shapes", "side", "sides", "relations", "pair")
 """Auxiliary turn kinds, in the order :func:`aux_turn` numbers them."""
 
 
@@ -261,9 +262,24 @@ def relations_turn(rng: np.random.Generator, objects: Sequence[ShapeObject], cfg
     return f"Which shape is left or right of the {reference.shape}?", answer
 
 
+def pair_turn(rng: np.random.Generator, objects: Sequence[ShapeObject]) -> Turn:
+    """``What colour are the circle and the square?`` answered ``Red Blue``, in the order named.
+
+    The two lookups a CompareAttr question needs, from the same two-shape phrase, answered one
+    after the other; half the pairs share a colour when the scene has such a pair.
+    """
+    pairs = [(a, b) for a in objects for b in objects if a is not b]
+    same = [(a, b) for a, b in pairs if a.colour == b.colour]
+    pool = same if same and rng.random() < 0.5 else pairs
+    a, b = pool[int(rng.integers(len(pool)))]
+    return f"What colour are the {a.shape} and the {b.shape}?", f"{a.colour.capitalize()} {b.colour.capitalize()}"
+
+
 def aux_turn(kind: int, objects: Sequence[ShapeObject], cfg: ShapesConfig, rng: np.random.Generator) -> Turn:
     """Auxiliary turn number ``kind`` of ``AUX_KINDS``; a side or relations turn that the scene
     cannot carry falls back to describe."""
+    if kind == 6:
+        return pair_turn(rng, objects)
     if kind == 4:
         return SIDES_QUESTION, sides_answer(objects, cfg)
     if kind in (3, 5):
@@ -283,8 +299,9 @@ def draw_turns(
     cfg: ShapesConfig,
     n_turns: int,
     aux_rate: float,
-    aux_kinds: int = len(AUX_KINDS),
+    aux_kinds: int = 6,
     type_weights: np.ndarray | None = None,
+    balance: dict[str, int] | None = None,
 ) -> list[Turn]:
     """``n_turns`` turns about one scene: auxiliary with chance ``aux_rate``, else a question.
 
@@ -297,6 +314,9 @@ def draw_turns(
         aux_kinds: How many of ``AUX_KINDS`` to draw from.
         type_weights: Probabilities of ``QUESTION_TYPES`` (uniform when None); a type the scene
             cannot carry is redrawn.
+        balance: When given, a running count per type of Yes minus No answers (updated here) that
+            steers yes/no questions towards the rarer answer. Without it, the types whose Yes
+            needs a special scene (two objects of one colour) are mostly No in training.
 
     Returns:
         The turns, in order.
@@ -307,9 +327,17 @@ def draw_turns(
             turns.append(aux_turn(int(rng.integers(aux_kinds)), objects, cfg, rng))
             continue
         qtype = QUESTION_TYPES[int(rng.choice(len(QUESTION_TYPES), p=type_weights))]
-        question = _ASKERS[qtype](_Scene(rng, objects, cfg, bool(rng.random() < 0.5)))
+        want_yes = bool(rng.random() < 0.5)
+        steered = balance is not None and balance.get(qtype, 0) != 0
+        if steered:
+            want_yes = balance[qtype] < 0
+        question = _ASKERS[qtype](_Scene(rng, objects, cfg, want_yes))
+        if question is None and steered:  # the scene cannot give the rarer answer: take the other
+            question = _ASKERS[qtype](_Scene(rng, objects, cfg, not want_yes))
         if question is not None:
             turns.append((question.text, question.answer))
+            if balance is not None and question.answer in (YES, NO):
+                balance[qtype] = balance.get(qtype, 0) + (1 if question.answer == YES else -1)
     return turns
 
 

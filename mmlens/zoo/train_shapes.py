@@ -78,7 +78,9 @@ class TrainConfig:
         images_per_step: Images (packed sequences) per VQA step.
         turns_per_image: Turns packed after each image.
         aux_rate: Chance that a turn is auxiliary rather than a question.
-        aux_kinds: How many of ``AUX_KINDS`` auxiliary turns are drawn from.
+        aux_kinds: How many of ``AUX_KINDS`` auxiliary turns are drawn from (the first six by
+            default; 7 adds the two-shape colour lookup).
+        balance_yes_no: Steer yes/no questions to equal Yes and No answers (see :func:`draw_turns`).
         adaptive_types: After each held-out check, draw question types half uniformly and half
             in proportion to their held-out error.
         lr: Peak learning rate of the VQA stage.
@@ -106,7 +108,8 @@ class TrainConfig:
     images_per_step: int = 16
     turns_per_image: int = 8
     aux_rate: float = 0.4
-    aux_kinds: int = len(AUX_KINDS)
+    aux_kinds: int = 6
+    balance_yes_no: bool = False
     adaptive_types: bool = True
     lr: float = 2e-3
     final_lr_ratio: float = 0.05
@@ -162,6 +165,7 @@ def make_batch(
     step: int,
     prefix: list[int],
     type_weights: np.ndarray | None = None,
+    balance: dict[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The packed batch of VQA ``step``: images ``step * images_per_step + b`` of the training split.
 
@@ -177,7 +181,7 @@ def make_batch(
         image, objects = draw_scene(rng, config.scenes)
         images.append(image)
         turns.append(draw_turns(rng, objects, config.scenes, config.turns_per_image, config.aux_rate,
-                                config.aux_kinds, type_weights))  # fmt: skip
+                                config.aux_kinds, type_weights, balance))  # fmt: skip
         patches.append(patch_labels(objects, image, config.arch.patch_size))
     batch = pack(processor, prefix, turns)
     batch["pixel_values"] = processor.image_processor(images, return_tensors="pt")["pixel_values"]
@@ -274,9 +278,10 @@ def train(
     monitor = shapes_dataset(config.eval_per_type * len(QUESTION_TYPES), MONITOR_SPLIT, QUESTION_TYPES)
     prefix = prefix_ids(processor, config.arch.n_patches)
     step, type_weights = 0, None
+    balance: dict[str, int] | None = {} if config.balance_yes_no else None
     bar = trange(config.steps, disable=not progress, desc="stage 2: VQA")
     for step in bar:
-        batch = make_batch(processor, config, step, prefix, type_weights)
+        batch = make_batch(processor, config, step, prefix, type_weights, balance)
         labels, patch_targets = batch.pop("labels"), batch.pop("patch_labels")
         features.clear()
         logits = model(**batch).logits[:, :-1]

@@ -11,7 +11,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 import numpy as np
 from PIL import Image
 
-from mmlens.data.shapes import QUESTION_TYPES, ShapeObject, ShapesConfig, make_sample, shapes_dataset
+from mmlens.data.shapes import QUESTION_TYPES, ShapeObject, ShapesConfig, draw_scene, make_sample, shapes_dataset
 from mmlens.zoo.shapes_model import (
     AUX_KINDS,
     EVAL_SPLITS,
@@ -139,3 +139,26 @@ def test_training_continues_from_a_saved_checkpoint(tmp_path) -> None:
     assert start.keys() == after.keys()
     changed = [k for k in start if not torch.equal(start[k], after[k])]
     assert changed and "model.language_model.layers.0.self_attn.q_proj.weight" in changed
+
+
+def test_pair_turn_names_both_colours_in_order() -> None:
+    from mmlens.zoo.shapes_model import pair_turn
+
+    colour = {o.shape: o.colour.capitalize() for o in OBJECTS}
+    for i in range(20):
+        question, answer = pair_turn(np.random.default_rng(i), OBJECTS)
+        a, b = question.removeprefix("What colour are the ").removesuffix("?").split(" and the ")
+        assert answer == f"{colour[a]} {colour[b]}" and a != b
+
+
+def test_balance_evens_out_yes_and_no() -> None:
+    cfg, compare = ShapesConfig(), np.eye(len(QUESTION_TYPES))[QUESTION_TYPES.index("CompareAttr")]
+    counts = {}
+    for balance in (None, {}):
+        answers = []
+        for i in range(200):
+            rng = np.random.default_rng(i)
+            _, objects = draw_scene(rng, cfg)
+            answers += [a for _, a in draw_turns(rng, objects, cfg, 4, 0.0, type_weights=compare, balance=balance)]
+        counts[balance is None] = answers.count("Yes") / len(answers)
+    assert counts[True] < 0.35 and abs(counts[False] - 0.5) < 0.08  # unbalanced: mostly No
