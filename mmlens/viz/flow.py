@@ -54,6 +54,7 @@ def plot_lens(result: LensResult | pd.DataFrame) -> Figure:
     mean = df.groupby(["word", "variant", "boundary"], sort=True)["prob"].mean().reset_index()
     for (word, variant), g in mean.groupby(["word", "variant"]):
         ax.plot(g["boundary"], g["prob"], ls="-" if variant == "capitalised" else "--", label=f"{word} ({variant})")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer boundary (0 = embeddings)")
     ax.set_ylabel("probability at last position")
     ax.legend(fontsize=7)
@@ -67,6 +68,7 @@ def plot_shares(result: ShareResult | pd.DataFrame) -> Figure:
     table = df.groupby(["layer", "group"])["share"].mean().unstack("group")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.stackplot(table.index, *[table[c] for c in table.columns], labels=list(table.columns), alpha=0.85)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer")
     ax.set_ylabel("attention share of the last position")
     ax.set_ylim(0, 1)

@@ -1,5 +1,6 @@
-"""Every analysis and the pruning policies run end to end on a tiny LLaVA-NeXT model over inputs
-from ``prepare`` (anyres pixels, per-image token counts, newline slots, left padding)."""
+"""Every analysis and the pruning policies run end to end on tiny LLaVA-NeXT and LLaVA-OneVision
+models over inputs from ``prepare`` (anyres pixels, per-image token counts, newline slots, left
+padding, OneVision's shrunk grids)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from PIL import Image
 from mmlens import HookedVLM
 from mmlens.analysis import attention_share, grad_cam, knockout_sweep, logit_lens, saliency
 from mmlens.pruning import FastV, HiMAP, Truncate
-from tests.integration.test_prepare_anyres import _next
+from tests.integration.test_prepare_anyres import _next, _onevision
 
 QUESTIONS = ["is there a star ?", "what colour is the square ?"]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    path = tmp_path_factory.mktemp("next-analyses")
-    processor = _next(path)
+@pytest.fixture(scope="module", params=["next", "onevision-shrunk"])
+def setup(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(f"{request.param}-analyses")
+    processor = _next(path) if request.param == "next" else _onevision(path, "anyres_max_1")
     model = HookedVLM.from_pretrained(str(path), processor=processor)
     images = [Image.effect_noise((70, 40), 60).convert("RGB"), Image.effect_noise((30, 64), 60).convert("RGB")]
     batch = model.prepare(images, QUESTIONS, template="llava_hf")
