@@ -285,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
 
     args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI only writes figures; notebooks keep their inline backend
     try:
         return args.func(args)
     except MMLensError as err:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from mmlens.analysis import KnockoutResult, LensResult, ShareResult  # noqa: E402
-from mmlens.errors import MMLensError  # noqa: E402
+from mmlens.analysis import KnockoutResult, LensResult, ShareResult
+from mmlens.errors import MMLensError
 
 
 def plot_knockout(result: KnockoutResult, by: str | None = "task", columns: int = 4) -> Figure:

@@ -8,20 +8,17 @@ in the original image (``ImageGrid.boxes``), so base view and tiles both land wh
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from jaxtyping import Float
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from jaxtyping import Float  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from mmlens.errors import MMLensError  # noqa: E402
-from mmlens.geometry import ViewGeometry  # noqa: E402
-from mmlens.geometry_anyres import BASE, TILE, AnyresGeometry  # noqa: E402
-from mmlens.inputs import MMInputs  # noqa: E402
+from mmlens.errors import MMLensError
+from mmlens.geometry import ViewGeometry
+from mmlens.geometry_anyres import BASE, TILE, AnyresGeometry
+from mmlens.inputs import MMInputs
 
 # Which image positions ``position_heat_to_image`` paints (newline slots have no pixels).
 VIEW_KINDS = {"all": (BASE, TILE), "base": (BASE,), "tiles": (TILE,)}

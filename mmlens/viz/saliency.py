@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from mmlens.analysis import CamResult  # noqa: E402
-from mmlens.inputs import MMInputs  # noqa: E402
-from mmlens.viz.image import heat_to_image, overlay  # noqa: E402
+from mmlens.analysis import CamResult
+from mmlens.inputs import MMInputs
+from mmlens.viz.image import heat_to_image, overlay
 
 
 def plot_flow_metrics(df: pd.DataFrame, aggregate: str = "source") -> Figure:
