@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mmlens.components.projector import Projector
 from mmlens.config import VLMConfig
-from mmlens.errors import ImageTokenMismatchError, MMLensError
+from mmlens.errors import ImageTokenMismatchError, MMLensError, ProcessorUnavailableError
 from mmlens.hooks import HookPoint
 from mmlens.models.anyres import n_views, pack_image
 from mmlens.models.decoder import HookedDecoder, KVCache
@@ -94,10 +94,12 @@ class HookedVLM(HookedDecoder):
         """
         from mmlens.inputs import prepare
 
-        if self.processor is None:
-            raise MMLensError(
-                "this model has no processor: load it from a directory that holds one, or pass "
-                "processor=AutoProcessor.from_pretrained(...) to HookedVLM.from_pretrained."
+        if self.processor is None or getattr(self.processor, "image_processor", None) is None:
+            what = "no processor" if self.processor is None else f"a {type(self.processor).__name__} without an image processor"
+            raise ProcessorUnavailableError(
+                f"this model has {what}, so it cannot prepare images: load it from a directory that holds a "
+                "saved processor (processor.save_pretrained), or pass processor=AutoProcessor.from_pretrained(...) "
+                "to HookedVLM.from_pretrained."
             )
         return prepare(self.processor, self.vlm_cfg, images, text, template=template, mark=mark)
 

@@ -71,3 +71,12 @@ def test_an_unbuildable_processor_raises_a_clear_error(saved, monkeypatch):
     # A processor passed in is used as is: the saved one is not even loaded.
     model = HookedVLM.from_pretrained(str(path), processor=_reference_processor())
     assert isinstance(model.processor, ImagesOnlyOnevisionProcessor)
+
+
+def test_a_checkpoint_with_only_a_tokenizer_cannot_prepare_images(tmp_path):
+    """AutoProcessor falls back to the bare tokenizer; prepare says what is missing."""
+    tiny_llava(tiny_onevision_config(n_kv_heads=2)).save_pretrained(tmp_path)
+    build_tokenizer(WORDS).save_pretrained(tmp_path)
+    model = HookedVLM.from_pretrained(str(tmp_path))
+    with pytest.raises(ProcessorUnavailableError, match="cannot prepare images"):
+        model.prepare(Image.new("RGB", (40, 30)), "is there a star ?")
