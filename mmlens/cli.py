@@ -71,7 +71,9 @@ def _saliency(args: argparse.Namespace) -> int:
     df.to_csv(out / "saliency.csv", index=False)
     for agg in ("source", "receiving"):
         plot_flow_metrics(df, agg).savefig(out / f"flow_metrics_{agg}.png", dpi=120)
-    print(df[df["aggregate"] == "source"].pivot_table(index="layer", columns="metric", values="value").round(4).to_string())
+    table = df[df["aggregate"] == "source"].pivot_table(index="layer", columns="metric", values="value")
+    print("mean flow metrics per layer (source aggregation; the scale follows the loss gradient, compare ratios):")
+    print(table.to_string(float_format="{:.3g}".format))
     print(f"wrote {out}/saliency.csv and flow_metrics_{{source,receiving}}.png")
     return 0
 
