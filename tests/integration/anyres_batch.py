@@ -1,4 +1,5 @@
-"""Random anyres prompts whose image-token counts come from Hugging Face's own packing."""
+"""Random anyres prompts whose image-token counts come from Hugging Face's own packing, and the
+decoder-side parity checks the NeXT and OneVision tests share."""
 
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ def batch_for(hf, sizes, seed=0):
         ids[r, :pad], mask[r, :pad] = 0, 0
         ids[r, pad + 3 : pad + 3 + n] = cfg.image_token_id
     return ids, px, image_sizes, mask, n_views, counts
+
+
+def assert_decoder_parity(logits, cache, ref, ids, mask, packed, image_token_id, atol=1e-4):
+    """Logits, packed image embeddings in the merged sequence, and every block's residual input
+    equal Hugging Face's (``ref`` with hidden states) at the real (unpadded) positions."""
+    valid = mask.bool()
+    torch.testing.assert_close(logits[valid], ref.logits[valid], atol=atol, rtol=0)
+    image = ids == image_token_id
+    torch.testing.assert_close(cache["hook_merged_embed"][image], packed, atol=atol, rtol=0)
+    for layer in range(len(ref.hidden_states) - 1):
+        torch.testing.assert_close(cache["resid_pre", layer][valid], ref.hidden_states[layer][valid], atol=atol, rtol=0)

@@ -9,7 +9,7 @@ import transformers
 
 from mmlens import HookedVLM, ImageTokenMismatchError
 from mmlens.models.decoder import positions_from_mask
-from tests.integration.anyres_batch import batch_for
+from tests.integration.anyres_batch import assert_decoder_parity, batch_for
 from mmlens.zoo.tiny import tiny_llava, tiny_llava_next_config
 
 CASES = {
@@ -38,12 +38,7 @@ def test_logits_and_activations_match_hugging_face(pair):
                  position_ids=positions_from_mask(mask), output_hidden_states=True)
         logits, cache = model.run_with_cache(input_ids=ids, pixel_values=px, image_sizes=sizes, attention_mask=mask)
         packed = torch.cat(list(hf.model.get_image_features(pixel_values=px, image_sizes=sizes).pooler_output))
-    valid = mask.bool()
-    torch.testing.assert_close(logits[valid], ref.logits[valid], atol=1e-4, rtol=0)
-    image = ids == hf.config.image_token_id
-    torch.testing.assert_close(cache["hook_merged_embed"][image], packed, atol=1e-4, rtol=0)
-    for layer in range(model.cfg.n_layers):
-        torch.testing.assert_close(cache["resid_pre", layer][valid], ref.hidden_states[layer][valid], atol=1e-4, rtol=0)
+    assert_decoder_parity(logits, cache, ref, ids, mask, packed, hf.config.image_token_id)
 
 
 def test_generate_matches_and_counts_are_checked(pair):
