@@ -18,10 +18,10 @@ import torch
 
 from benchmarks.common import build, exact_rss, peak_rss_delta, prompt
 from mmlens import HookedVLM
-from mmlens.analysis import PAPER_FLOWS, attention_share, knockout_sweep
+from mmlens.analysis import PAPER_FLOWS, KnockoutResult, attention_share, knockout_sweep
 from mmlens.inputs import ImageGrid, MMInputs
 from mmlens.interventions import knockout, window
-from mmlens.tokens import TokenGroups, standard_groups
+from mmlens.inputs import TokenGroups, standard_groups
 
 
 def random_inputs(cfg, seed: int, n_question: int = 12) -> MMInputs:
@@ -64,7 +64,8 @@ def main() -> None:
     src, dst = PAPER_FLOWS[args.flow]
 
     t0 = time.perf_counter()
-    fast = knockout_sweep(model, samples, [args.flow], args.window, progress=True).df
+    runs = [knockout_sweep(model, inputs, [args.flow], args.window).tag(sample=str(i)) for i, inputs in enumerate(samples)]
+    fast = KnockoutResult.concat(runs).to_dataframe()
     t_fast = time.perf_counter() - t0
 
     t0 = time.perf_counter()

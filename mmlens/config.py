@@ -6,7 +6,7 @@ Hugging Face configs; anything a config cannot express makes the adapter raise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,6 @@ class TowerConfig:
         normalization_type: ``"RMS"`` or ``"LN"``.
         eps: Norm epsilon.
         gated_mlp: SwiGLU-style ``down(act(gate(x)) * up(x))`` instead of ``fc2(act(fc1(x)))``.
-        causal: Causal self-attention (decoder) or bidirectional (vision).
         qkv_bias: q/k/v projections carry a bias.
         o_bias: The attention output projection carries a bias.
         mlp_bias: MLP projections carry biases.
@@ -32,6 +31,9 @@ class TowerConfig:
             in the vision embedding, not in the blocks).
         sliding_window: Keys further back than this many positions are invisible (Mistral).
         attn_scale: Multiplier of ``q·k``; ``d_head ** -0.5`` by default.
+        qk_norm: RMSNorm over the whole query and key projections (all heads together), before
+            the heads are split (InternViT's ``use_qk_norm``).
+        qk_norm_eps: Epsilon of those norms.
     """
 
     d_model: int
@@ -44,13 +46,14 @@ class TowerConfig:
     normalization_type: str = "RMS"
     eps: float = 1e-6
     gated_mlp: bool = True
-    causal: bool = True
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
     positional_embedding_type: str = "rotary"
     sliding_window: int | None = None
     attn_scale: float | None = None
+    qk_norm: bool = False
+    qk_norm_eps: float = 1e-6
 
     @property
     def n_kv_heads(self) -> int:
@@ -94,6 +97,8 @@ class VisionConfig(TowerConfig):
         patch_bias: The patch convolution carries a bias.
         n_layers_total: Blocks in the checkpoint; only ``n_layers`` are needed for the features.
         family: ``"clip"`` or ``"siglip"``.
+        ln_post: A LayerNorm follows the last block (BLIP's ``post_layernorm``, which InstructBLIP
+            reads); applied to the last hidden state only.
     """
 
     image_size: int = 336
@@ -103,6 +108,7 @@ class VisionConfig(TowerConfig):
     patch_bias: bool = False
     n_layers_total: int = 0
     family: str = "clip"
+    ln_post: bool = False
 
     @property
     def grid(self) -> int:
@@ -114,13 +120,48 @@ class VisionConfig(TowerConfig):
 
 
 @dataclass(frozen=True)
+class QFormerConfig(TowerConfig):
+    """InstructBLIP's Q-Former: a BERT-style (post-norm) tower over learned query tokens and the
+    instruction's tokens, whose query positions cross-attend to the vision features.
+
+    Attributes:
+        n_queries: Learned query tokens (= image tokens in the decoder).
+        d_vocab: Q-Former (BERT) vocabulary size of the instruction tokens.
+        n_ctx: Learned absolute positions of the instruction tokens.
+        d_encoder: Width of the vision features the cross-attention reads.
+        cross_attention_frequency: Layers ``l`` with ``l % frequency == 0`` cross-attend.
+    """
+
+    n_queries: int = 32
+    d_vocab: int = 30522
+    n_ctx: int = 512
+    d_encoder: int = 1408
+    cross_attention_frequency: int = 2
+
+    def has_cross_attention(self, layer: int) -> bool:
+        return layer % self.cross_attention_frequency == 0
+
+
+@dataclass(frozen=True)
 class ProjectorConfig:
-    """The multimodal projector ``linear_2(act(linear_1(x)))``."""
+    """The multimodal projector: ``linear_2(act(linear_1(x)))``, or ``linear_1(x)`` alone.
+
+    Attributes:
+        kind: ``"mlp"`` (two linears around ``act_fn``: LLaVA-1.5's ``mlp2x_gelu``),
+            ``"linear"`` (one linear: LLaVA-v0, LLaVA-1 and Shikra, ``mm_projector_type="linear"``)
+            or ``"pixel_shuffle_mlp"`` (InternVL: pixel shuffle, LayerNorm, then the two linears).
+        pixel_shuffle: Side of the square of patches one image token covers (InternVL's
+            ``downsample_ratio=0.5`` → 2); 1 keeps one token per patch.
+        ln_eps: Epsilon of the LayerNorm of a ``"pixel_shuffle_mlp"`` projector.
+    """
 
     d_in: int
     d_out: int
     act_fn: str = "gelu"
     bias: bool = True
+    kind: str = "mlp"
+    pixel_shuffle: int = 1
+    ln_eps: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -140,6 +181,11 @@ class VLMConfig:
         anyres_max_patches: LLaVA-OneVision's ``vision_aspect_ratio="anyres_max_N"``: the
             un-padded tile grid is shrunk (bilinear) to about N views' worth of patches when it
             holds more than 1.1² times that; None (LLaVA-NeXT) never shrinks it.
+        qformer: InstructBLIP's Q-Former between the vision tower and the projector (None: the
+            projector reads the vision features directly).
+        tiled_views: InternVL's dynamic tiling: the processor cuts each image into a grid of
+            tiles plus a thumbnail (last) and the image's tokens are the views' tokens, one view
+            after another; the model needs no layout, only the geometry does.
     """
 
     decoder: DecoderConfig
@@ -153,11 +199,26 @@ class VLMConfig:
     pad_token_id: int | None = None
     image_grid_pinpoints: tuple[tuple[int, int], ...] | None = None
     anyres_max_patches: int | None = None
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    tiled_views: bool = False
+    qformer: QFormerConfig | None = None
 
     @property
     def image_seq_length(self) -> int:
-        """Image positions per image fed to the decoder."""
+        """Image positions per image (per view for tiled and anyres models) fed to the decoder."""
+        if self.qformer is not None:
+            return self.qformer.n_queries
         n_tokens = self.vision.n_patches + int(self.vision.has_cls)
         # "default" drops the first position: CLS for CLIP, the first patch for SigLIP (as HF does).
-        return n_tokens - int(self.vision_feature_select_strategy == "default")
+        n_tokens -= int(self.vision_feature_select_strategy == "default")
+        return n_tokens // self.projector.pixel_shuffle**2
+
+    @property
+    def token_grid(self) -> int:
+        """Image tokens per side of one view: the patch grid over the pixel-shuffle factor."""
+        return self.vision.grid // self.projector.pixel_shuffle
+
+
+def feature_indices(layers: tuple[int, ...], n_layers_total: int) -> tuple[int, ...]:
+    """Hugging Face hidden-state indices (0 = embeddings, ``i`` = output of block ``i-1``,
+    negatives from the end) as non-negative indices (``VLMConfig.vision_feature_layer``)."""
+    return tuple(i if i >= 0 else n_layers_total + 1 + i for i in layers)

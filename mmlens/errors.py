@@ -41,8 +41,51 @@ class BoxOutsideImageError(MMLensError, ValueError):
     """A pixel box that does not lie inside the original image."""
 
 
-class EmptyTokenGroupError(MMLensError, ValueError):
-    """A token group that selects no position where at least one is required."""
+class EmptyGroupError(MMLensError, ValueError):
+    """A token group that selects no position where at least one is required.
+
+    Knocking out, attributing or sharing over an empty group would report "no effect"; callers
+    that expect empty groups opt in with ``allow_empty=True`` and get NaN, never 0.0.
+    """
+
+
+EmptyTokenGroupError = EmptyGroupError
+"""Former name of :class:`EmptyGroupError` (the same class)."""
+
+
+class ForeignGroupError(MMLensError, ValueError):
+    """Token groups built for one prompt used with another (other length or other token ids)."""
+
+
+class UnknownWordError(MMLensError, ValueError):
+    """A word the tokenizer cannot represent (it maps to the unknown token, or to no token)."""
+
+
+class ContextLengthError(MMLensError, ValueError):
+    """A prompt longer than the decoder's context (its ``n_ctx`` positions)."""
+
+
+class CheckpointMismatchError(MMLensError):
+    """A checkpoint whose tensors are not the model's: missing, unexpected or mis-shaped ones."""
+
+
+class CorruptFileError(MMLensError):
+    """A checkpoint file (weights, config.json, tokenizer, processor) that cannot be read."""
+
+
+class HookReturnError(MMLensError, TypeError):
+    """A hook function returned something other than None or a tensor of the activation's shape."""
+
+
+class InvalidInputError(MMLensError, ValueError):
+    """Model inputs of the wrong kind, rank, dtype or range, or an option value out of range."""
+
+
+class UnknownCacheKeyError(MMLensError, KeyError):
+    """A key that is not in an activation cache."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class ProcessorUnavailableError(MMLensError):

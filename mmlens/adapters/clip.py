@@ -12,7 +12,9 @@ from mmlens.config import VisionConfig
 @register(VISION_ADAPTERS, "clip_vision_model")
 class ClipVisionAdapter:
     def config(self, hf_config: Any, *, n_layers: int, **_: Any) -> VisionConfig:
-        return vit_config(hf_config, n_layers, "clip", has_cls=True, ln_pre=True, patch_bias=False)
+        # The projection to CLIP's joint space is not part of the vision tower LLaVA reads.
+        return vit_config(hf_config, n_layers, "clip", has_cls=True, ln_pre=True, patch_bias=False,
+                          unused=frozenset({"projection_dim"}))
 
     def weights(self, hf_state: StateDict, cfg: VisionConfig) -> StateDict:
         return vit_weights(hf_state, cfg)

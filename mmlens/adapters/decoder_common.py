@@ -7,9 +7,16 @@ from typing import Any
 import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from mmlens.adapters.registry import StateDict, rename_block, reject
+from mmlens.adapters.registry import StateDict, rename_block, require_defaults
 from mmlens.config import DecoderConfig
 from mmlens.errors import UnsupportedArchitectureError
+
+# Fields of a Llama-layout text config that decoder_config translates.
+DECODER_FIELDS = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+    "tie_word_embeddings", "rope_parameters", "mlp_bias",
+})
 
 # Rope variants whose frequencies are fixed at load time (dynamic ones change with length).
 STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn", "longrope"}
@@ -40,7 +47,8 @@ def rope_frequencies(hf_config: Any) -> tuple[tuple[float, ...], float]:
     rope_type = params.get("rope_type", "default")
     if rope_type not in STATIC_ROPE_TYPES:
         raise UnsupportedArchitectureError(
-            f"rope_type {rope_type!r} is not supported (supported: {sorted(STATIC_ROPE_TYPES)})."
+            f"config field rope_parameters: rope_type {rope_type!r} is not supported (supported: "
+            f"{sorted(STATIC_ROPE_TYPES)}; dynamic ones change the frequencies with the sequence length)."
         )
     if rope_type == "default":
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
@@ -53,10 +61,25 @@ def rope_frequencies(hf_config: Any) -> tuple[tuple[float, ...], float]:
 
 
 def decoder_config(
-    hf_config: Any, family: str, *, qkv_bias: bool, o_bias: bool, sliding_window: int | None
+    hf_config: Any,
+    family: str,
+    *,
+    qkv_bias: bool,
+    o_bias: bool,
+    sliding_window: int | None,
+    fields: frozenset[str] = frozenset(),
 ) -> DecoderConfig:
-    """Build a :class:`DecoderConfig` from a Llama-layout Hugging Face text config."""
-    reject(hf_config, {"pretraining_tp": lambda v: v == 1}, family)
+    """Build a :class:`DecoderConfig` from a Llama-layout Hugging Face text config.
+
+    Args:
+        fields: Config fields the family's adapter reads itself (beyond :data:`DECODER_FIELDS`);
+            every other field must hold its default.
+
+    Raises:
+        UnsupportedArchitectureError: a field outside the allow-list differs from its default,
+            or a rope type mmlens does not implement.
+    """
+    require_defaults(hf_config, DECODER_FIELDS | fields, family)
     n_heads = hf_config.num_attention_heads
     d_head = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // n_heads
     inv_freq, scaling = rope_frequencies(hf_config)
@@ -71,7 +94,6 @@ def decoder_config(
         normalization_type="RMS",
         eps=hf_config.rms_norm_eps,
         gated_mlp=True,
-        causal=True,
         qkv_bias=qkv_bias,
         o_bias=o_bias,
         mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),

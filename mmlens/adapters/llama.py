@@ -13,7 +13,8 @@ from mmlens.config import DecoderConfig
 class LlamaAdapter:
     def config(self, hf_config: Any, **_: Any) -> DecoderConfig:
         bias = bool(getattr(hf_config, "attention_bias", False))
-        return decoder_config(hf_config, "llama", qkv_bias=bias, o_bias=bias, sliding_window=None)
+        return decoder_config(hf_config, "llama", qkv_bias=bias, o_bias=bias, sliding_window=None,
+                              fields=frozenset({"attention_bias"}))
 
     def weights(self, hf_state: StateDict, cfg: DecoderConfig) -> StateDict:
         return decoder_weights(hf_state, cfg)

@@ -12,17 +12,25 @@ from mmlens.adapters.registry import (
     lookup,
     register,
     reject,
+    require_defaults,
     select,
 )
-from mmlens.config import ProjectorConfig, VLMConfig
-from mmlens.models.vision_encoder import feature_indices
+from mmlens.config import ProjectorConfig, VLMConfig, feature_indices
 
 
 @register(VLM_ADAPTERS, "LlavaForConditionalGeneration")
 class LlavaAdapter:
     """Vision tower + two-layer projector + decoder, image features scattered into placeholders."""
 
+    # Top-level config fields this adapter translates; any other must hold its default.
+    fields = frozenset({
+        "text_config", "vision_config", "image_token_index", "image_token_id", "image_seq_length",
+        "projector_hidden_act", "vision_feature_select_strategy", "vision_feature_layer",
+        "multimodal_projector_bias", "tie_word_embeddings",
+    })
+
     def config(self, hf_config: Any) -> VLMConfig:
+        require_defaults(hf_config, self.fields, type(hf_config).__name__)
         reject(hf_config, {"vision_feature_select_strategy": lambda v: v in ("default", "full")}, "llava")
         layers = hf_config.vision_feature_layer
         layers = (layers,) if isinstance(layers, int) else tuple(layers)

@@ -15,6 +15,8 @@ from mmlens.errors import UnsupportedArchitectureError
 class LlavaNextAdapter(LlavaAdapter):
     """LLaVA-1.5's towers and projector plus anyres tiling and the learned ``image_newline``."""
 
+    fields = LlavaAdapter.fields | {"image_grid_pinpoints"}
+
     def config(self, hf_config: Any) -> VLMConfig:
         pinpoints = tuple(tuple(int(v) for v in p) for p in hf_config.image_grid_pinpoints)
         cfg = super().config(hf_config)

@@ -23,6 +23,9 @@ ANYRES_MAX = re.compile(r"anyres_max_(\d+)")
 class LlavaOnevisionAdapter(LlavaNextAdapter):
     """LLaVA-NeXT's layout and weights plus the ``anyres_max_N`` patch budget (images only)."""
 
+    # Videos are not supported, so the video placeholder id never matters.
+    fields = LlavaNextAdapter.fields | {"vision_aspect_ratio", "video_token_index", "video_token_id"}
+
     def config(self, hf_config: Any) -> VLMConfig:
         aspect = getattr(hf_config, "vision_aspect_ratio", "anyres_max_9")
         match = ANYRES_MAX.fullmatch(str(aspect))

@@ -13,7 +13,8 @@ from mmlens.config import DecoderConfig
 class MistralAdapter:
     def config(self, hf_config: Any, **_: Any) -> DecoderConfig:
         return decoder_config(
-            hf_config, "mistral", qkv_bias=False, o_bias=False, sliding_window=getattr(hf_config, "sliding_window", None)
+            hf_config, "mistral", qkv_bias=False, o_bias=False, sliding_window=getattr(hf_config, "sliding_window", None),
+            fields=frozenset({"sliding_window"}),
         )
 
     def weights(self, hf_state: StateDict, cfg: DecoderConfig) -> StateDict:

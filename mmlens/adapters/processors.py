@@ -17,6 +17,7 @@ import transformers
 from transformers.processing_utils import ProcessorMixin
 
 from mmlens.errors import ProcessorUnavailableError
+from mmlens.zoo.internvl_processor import InternVLImagesProcessor
 
 
 class LlavaOnevisionImagesProcessor(transformers.LlavaOnevisionProcessor):
@@ -48,7 +49,10 @@ class LlavaOnevisionImagesProcessor(transformers.LlavaOnevisionProcessor):
 
 
 # Processor class name → a class that needs only a tokenizer and an image processor.
-IMAGES_ONLY: dict[str, type[ProcessorMixin]] = {"LlavaOnevisionProcessor": LlavaOnevisionImagesProcessor}
+IMAGES_ONLY: dict[str, type[ProcessorMixin]] = {
+    "LlavaOnevisionProcessor": LlavaOnevisionImagesProcessor,
+    "InternVLProcessor": InternVLImagesProcessor,
+}
 
 
 def load_processor(path: str) -> Any:
@@ -71,7 +75,9 @@ def load_processor(path: str) -> Any:
     except ImportError:
         processor = None  # a sub-processor's backend is missing: try the images-only build below
     except (OSError, ValueError, TypeError, KeyError):
-        return None
+        if _processor_class(path) not in IMAGES_ONLY:
+            return None
+        processor = None  # e.g. InternVL's video processor is missing (no torchvision): images-only below
     if isinstance(processor, ProcessorMixin):
         return processor
     name = _processor_class(path)

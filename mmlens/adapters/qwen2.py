@@ -22,7 +22,9 @@ class Qwen2Adapter:
             raise UnsupportedArchitectureError(
                 "qwen2: checkpoints mixing sliding and full attention layers are not supported yet."
             )
-        return decoder_config(hf_config, "qwen2", qkv_bias=True, o_bias=False, sliding_window=window)
+        # use_sliding_window and max_window_layers only serve to fill layer_types.
+        fields = frozenset({"layer_types", "sliding_window", "use_sliding_window", "max_window_layers"})
+        return decoder_config(hf_config, "qwen2", qkv_bias=True, o_bias=False, sliding_window=window, fields=fields)
 
     def weights(self, hf_state: StateDict, cfg: DecoderConfig) -> StateDict:
         return decoder_weights(hf_state, cfg)

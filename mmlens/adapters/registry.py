@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
+from transformers import PretrainedConfig
+
 from mmlens.errors import UnsupportedArchitectureError
 
 StateDict = dict[str, Tensor]
@@ -80,3 +82,41 @@ def reject(hf_config: Any, checks: dict[str, Callable[[Any], bool]], what: str) 
                 f"{what}: config field {field}={value!r} changes the computation in a way mmlens "
                 "does not implement; load a checkpoint without it or add support in the adapter."
             )
+
+
+# Fields every Hugging Face config has (labels, output switches, dtype, names); none changes a forward.
+GENERIC_FIELDS = frozenset(PretrainedConfig().to_dict())
+
+# Fields that do not change an inference forward (initialisation, dropout at eval, caching, special
+# token ids read elsewhere).
+INERT_FIELDS = frozenset({
+    "initializer_range", "initializer_factor", "use_cache", "attention_dropout", "dropout",
+    "pad_token_id", "bos_token_id", "eos_token_id",
+})
+
+
+def require_defaults(hf_config: Any, implemented: frozenset[str] | set[str], what: str) -> None:
+    """Raise unless every field mmlens does not implement holds its default value.
+
+    The allow-list of a family: ``implemented`` names the fields its adapter reads; every other
+    field the config class defines must equal the value of a default-constructed config of the
+    same class, since mmlens would silently compute something else for any other value.
+
+    Args:
+        hf_config: A Hugging Face (sub-)config.
+        implemented: Fields the adapter translates (or checks itself).
+        what: The family, for the message.
+
+    Raises:
+        UnsupportedArchitectureError: naming the first field that differs, its value and default.
+    """
+    default = type(hf_config)().to_dict()
+    skip = set(implemented) | GENERIC_FIELDS | INERT_FIELDS | set(getattr(hf_config, "sub_configs", {}) or {})
+    for field, value in hf_config.to_dict().items():
+        if field in skip or field not in default or value == default[field]:
+            continue
+        raise UnsupportedArchitectureError(
+            f"{what}: config field {field}={value!r} (default {default[field]!r}) changes the computation "
+            "in a way mmlens does not implement; load a checkpoint that keeps the default or add "
+            "support in the adapter (mmlens/adapters/) with a parity test."
+        )

@@ -12,7 +12,9 @@ from mmlens.config import VisionConfig
 @register(VISION_ADAPTERS, "siglip_vision_model")
 class SiglipVisionAdapter:
     def config(self, hf_config: Any, *, n_layers: int, **_: Any) -> VisionConfig:
-        return vit_config(hf_config, n_layers, "siglip", has_cls=False, ln_pre=False, patch_bias=True)
+        # The attention-pooling head is not part of what LLaVA reads (hidden states only).
+        return vit_config(hf_config, n_layers, "siglip", has_cls=False, ln_pre=False, patch_bias=True,
+                          unused=frozenset({"vision_use_head"}))
 
     def weights(self, hf_state: StateDict, cfg: VisionConfig) -> StateDict:
         return vit_weights(hf_state, cfg)

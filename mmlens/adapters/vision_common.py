@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmlens.adapters.registry import StateDict, rename_block
+from mmlens.adapters.registry import StateDict, rename_block, require_defaults
 from mmlens.config import VisionConfig
 
 LAYER_KEYS = {
@@ -25,8 +25,33 @@ LAYER_KEYS = {
 }
 
 
-def vit_config(hf_config: Any, n_layers: int, family: str, *, has_cls: bool, ln_pre: bool, patch_bias: bool) -> VisionConfig:
-    """A :class:`VisionConfig` running ``n_layers`` of the tower's blocks."""
+# Fields of a CLIP-layout vision config that vit_config translates.
+VIT_FIELDS = frozenset({
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
+    "layer_norm_eps", "image_size", "patch_size",
+})
+
+
+def vit_config(
+    hf_config: Any,
+    n_layers: int,
+    family: str,
+    *,
+    has_cls: bool,
+    ln_pre: bool,
+    patch_bias: bool,
+    unused: frozenset[str] = frozenset(),
+) -> VisionConfig:
+    """A :class:`VisionConfig` running ``n_layers`` of the tower's blocks.
+
+    Args:
+        unused: Fields of parts of the Hugging Face model LLaVA never runs (a projection or
+            pooling head); every other field outside :data:`VIT_FIELDS` must hold its default.
+
+    Raises:
+        UnsupportedArchitectureError: a field outside the allow-list differs from its default.
+    """
+    require_defaults(hf_config, VIT_FIELDS | unused, f"{family} vision tower")
     n_heads = hf_config.num_attention_heads
     return VisionConfig(
         d_model=hf_config.hidden_size,
@@ -38,7 +63,6 @@ def vit_config(hf_config: Any, n_layers: int, family: str, *, has_cls: bool, ln_
         normalization_type="LN",
         eps=hf_config.layer_norm_eps,
         gated_mlp=False,
-        causal=False,
         qkv_bias=True,
         o_bias=True,
         mlp_bias=True,

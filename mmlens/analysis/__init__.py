@@ -1,19 +1,18 @@
-"""Functions that run the model and return tidy results."""
+"""Per-input analyses: ``(model, inputs: MMInputs, ...) -> Result`` (see :mod:`mmlens.result`).
 
-from mmlens.analysis.accuracy import CliffResult, cliff_layer, evaluate
-from mmlens.analysis.disruption import DisruptionResult, d_metric, disruption
+Loops over datasets live in :mod:`mmlens.studies`; ``group_metrics`` and ``saliency_matrix`` are
+the tensor maths of :func:`saliency`, exposed for tests and custom aggregations.
+"""
+
+from mmlens.analysis.disruption import DisruptionResult, disruption
 from mmlens.analysis.gradcam import CamResult, grad_cam
 from mmlens.analysis.knockout_sweep import PAPER_FLOWS, KnockoutResult, knockout_sweep
 from mmlens.analysis.lens import LensResult, logit_lens
-from mmlens.analysis.saliency import SaliencyResult, flow_metrics, group_metrics, saliency, saliency_matrix
+from mmlens.analysis.saliency import SaliencyResult, group_metrics, saliency, saliency_matrix
 from mmlens.analysis.shares import ShareResult, attention_share
 
 __all__ = [
     "PAPER_FLOWS",
-    "CliffResult",
-    "cliff_layer",
-    "evaluate",
-    "flow_metrics",
     "CamResult",
     "DisruptionResult",
     "KnockoutResult",
@@ -21,7 +20,6 @@ __all__ = [
     "SaliencyResult",
     "ShareResult",
     "attention_share",
-    "d_metric",
     "disruption",
     "grad_cam",
     "group_metrics",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from mmlens.components.norms import RMSNorm
 from mmlens.components.rotary import apply_rotary
 from mmlens.config import TowerConfig
 from mmlens.hooks import HookPoint
@@ -51,6 +52,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, kv * dh, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(d, kv * dh, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(h * dh, d, bias=cfg.o_bias)
+        # InternViT's QK-norm: one RMSNorm over all heads' queries (keys), before the heads split.
+        self.q_norm = RMSNorm(h * dh, cfg.qk_norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(kv * dh, cfg.qk_norm_eps) if cfg.qk_norm else nn.Identity()
         self.hook_q = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
@@ -99,8 +103,8 @@ class Attention(nn.Module):
         """
         b, p, _ = x.shape
         cfg = self.cfg
-        q = self.hook_q(self.q_proj(x).view(b, p, cfg.n_heads, cfg.d_head))
-        k = self.hook_k(self.k_proj(x).view(b, p, cfg.n_kv_heads, cfg.d_head))
+        q = self.hook_q(self.q_norm(self.q_proj(x)).view(b, p, cfg.n_heads, cfg.d_head))
+        k = self.hook_k(self.k_norm(self.k_proj(x)).view(b, p, cfg.n_kv_heads, cfg.d_head))
         v = self.hook_v(self.v_proj(x).view(b, p, cfg.n_kv_heads, cfg.d_head))
         if rotary is not None:
             q = self.hook_rot_q(apply_rotary(q, *rotary))

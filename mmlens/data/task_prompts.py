@@ -3,8 +3,8 @@
 Each builder returns a :class:`~mmlens.prompts.PromptText`, so ``model.prepare`` turns the
 ``question`` span (the question string only, never a suffix) and the ``options``,
 ``true_option``, ``false_option`` and ``context`` spans into token groups. Wording follows
-LLaVA-1.5's evaluation prompts (methods.md §9); multiple-choice orders and chain-of-thought
-prompts follow seed 000, Table 2.
+LLaVA-1.5's evaluation prompts (docs/methods.md#prompts); multiple-choice orders and chain-of-thought
+prompts follow "From Redundancy to Relevance (v1)" Table 2.
 
 Example:
     >>> from mmlens.data.sample import Sample
@@ -30,7 +30,7 @@ MC_INSTRUCTION = "Answer with the option's letter from the given choices directl
 """LLaVA-1.5's suffix for ScienceQA and A-OKVQA (``--single-pred-prompt``)."""
 
 YES_NO = "Please just answer yes or no."
-"""The POPE suffix of methods.md §9."""
+"""The POPE suffix ("Unraveling the Shift" App. E; docs/methods.md#prompts)."""
 
 CAPTION = "Provide a one-sentence caption for the provided image."
 """The captioning instruction (NoCaps, Flickr30k, CHAIR)."""
@@ -42,7 +42,7 @@ COT_PROMPTS: dict[str, str] = {
     "P2": "Given the context, questions, and options, please think step-by-step to answer the question",
     "P3": "Please think step-by-step and answer with the option's letter from the given choices directly",
 }
-"""Seed 000 §4.4's chain-of-thought prompts, verbatim (P1 is DDCoT's two-stage prompt)."""
+"""The chain-of-thought prompts of "From Redundancy to Relevance (v1)" §4.4, verbatim (P1 is DDCoT's two-stage prompt)."""
 
 Part = tuple[str, Sequence[str]]
 """A piece of prompt text and the span names (groups) that cover it."""
@@ -78,7 +78,7 @@ def short_answer_prompt(sample: Sample, *, suffix: str | None = SHORT_ANSWER, se
     """``"{question}\\nAnswer the question using a single word or phrase."`` (GQA, TextVQA).
 
     Options named in the question (GQA's "full or empty") are marked ``true_option`` and
-    ``false_option``. ``sep=" \\n"`` reproduces seed 002's released code.
+    ``false_option``. ``sep=" \\n"`` reproduces the released code of "Cross-modal Information Flow".
     """
     return _suffixed(sample, suffix, sep)
 
@@ -102,14 +102,14 @@ def multiple_choice_prompt(
     cot_prompts: Mapping[str, str] = COT_PROMPTS,
     context_label: str = "Context: ",
 ) -> PromptText:
-    """A lettered multiple-choice prompt in one of seed 000's Table 2 orders.
+    """A lettered multiple-choice prompt in one of the orders of "From Redundancy to Relevance (v1)" Table 2.
 
     ``fmt`` is Table 2's notation: ``C`` context (the ScienceQA hint), ``Q`` question, ``M``
     the options, ``P1``-``P3`` a chain-of-thought prompt, ``A`` the answer; e.g. ``"QCM-A"``,
     ``"CQM-A"``, ``"P1-CQM-A"``, ``"CQM-P2-A"``. Parts go one per line, options as
     ``"A. {choice}"`` lines; an empty context drops its line (so ``"CQM-A"`` is A-OKVQA's
     ``"QM-A"``). ``instruction`` (LLaVA's letter instruction) ends the prompt in every order:
-    seed 000 names only the part order, and LLaVA adds it after any input order.
+    that table names only the part order, and LLaVA adds it after any input order.
 
     Spans: ``question``; each choice text (not its letter) as ``options``, the correct one also
     as ``true_option`` and the first other as ``false_option``; the hint as ``context``.

@@ -4,7 +4,9 @@
   valid names (TransformerLens would raise a bare ``KeyError``);
 * ``run_with_cache`` returns a TransformerLens :class:`ActivationCache`, so ``cache["pattern", 3]``,
   ``accumulated_resid`` and ``apply_ln_to_stack`` work;
-* hooks never outlive the call or context that added them, also when the model raises.
+* hooks never outlive the call or context that added them, also when the model raises;
+* a forward hook that returns a non-tensor or a tensor of another shape raises
+  :class:`HookReturnError` naming it, and an unknown cache key lists the closest cached names.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mmlens.errors import UnknownHookError, closest
-from mmlens.hooks import ActivationCache, HookedRootModule
+from mmlens.hooks import HookedRootModule
+from mmlens.models.checks import Cache, checked_hook
 
 
 class HookedRoot(HookedRootModule):
@@ -32,17 +35,22 @@ class HookedRoot(HookedRootModule):
         self.check_hook_name(name)
         super()._enable_hook_with_name(name, hook, dir)
 
+    def _enable_hook(self, name: Any, hook: Callable, dir: str) -> None:
+        super()._enable_hook(name, checked_hook(hook) if dir == "fwd" else hook, dir)
+
     def add_hook(self, name: Any, hook: Callable, *args: Any, **kwargs: Any) -> None:
         if isinstance(name, str):
             self.check_hook_name(name)
-        super().add_hook(name, hook, *args, **kwargs)
+        direction = kwargs.get("dir", args[0] if args else "fwd")
+        super().add_hook(name, checked_hook(hook) if direction == "fwd" else hook, *args, **kwargs)
 
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
         """Run the model and cache activations, as TransformerLens' ``run_with_cache``.
 
         Args:
             *model_args: Passed to ``forward``.
-            return_cache_object: Return an :class:`ActivationCache` (default) or a plain dict.
+            return_cache_object: Return an ``ActivationCache`` (default; :class:`~mmlens.models.checks.Cache`)
+                or a plain dict.
             **kwargs: ``names_filter``, ``device``, ``remove_batch_dim``, ``incl_bwd``,
                 ``pos_slice`` as in TransformerLens, then the forward's own keyword arguments.
 
@@ -57,5 +65,5 @@ class HookedRoot(HookedRootModule):
                 self.check_hook_name(name)
         out, cache = super().run_with_cache(*model_args, **kwargs)
         if return_cache_object:
-            cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+            cache = Cache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return out, cache

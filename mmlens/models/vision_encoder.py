@@ -9,15 +9,9 @@ from torch import Tensor, nn
 from mmlens.components.attention import AttentionMask
 from mmlens.components.block import Block
 from mmlens.components.norms import LayerNorm
-from mmlens.config import VisionConfig
+from mmlens.config import VisionConfig, feature_indices
 from mmlens.errors import MMLensError
 from mmlens.hooks import HookPoint
-
-
-def feature_indices(layers: tuple[int, ...], n_layers_total: int) -> tuple[int, ...]:
-    """Hugging Face hidden-state indices (0 = embeddings, ``i`` = output of block ``i-1``,
-    negatives from the end) as non-negative indices."""
-    return tuple(i if i >= 0 else n_layers_total + 1 + i for i in layers)
 
 
 class HookedVisionEncoder(nn.Module):
@@ -40,6 +34,7 @@ class HookedVisionEncoder(nn.Module):
         self.hook_pos_embed = HookPoint()  # [1, v_pos, d_model]
         self.ln_pre = LayerNorm(cfg.d_model, cfg.eps) if cfg.ln_pre else None
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_post = LayerNorm(cfg.d_model, cfg.eps) if cfg.ln_post else None
         self.hook_features = HookPoint()  # [n_img, n_patch, d_vision * n_feature_layers]
 
     def forward(self, pixel_values: Float[Tensor, "n_views 3 height width"]) -> Float[Tensor, "n_img n_patch d_feat"]:
@@ -62,6 +57,9 @@ class HookedVisionEncoder(nn.Module):
         for block in self.blocks:
             x, _ = block(x, mask)
             hidden.append(x)
+        if self.ln_post is not None:
+            # BLIP's post-layernorm: part of the last hidden state InstructBLIP's Q-Former reads.
+            hidden[-1] = self.ln_post(x)
         selected = [hidden[i] for i in self.feature_layers]
         if self.select_strategy == "default":
             selected = [h[:, 1:] for h in selected]

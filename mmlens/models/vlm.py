@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from mmlens.components.projector import Projector
+from mmlens.adapters import load_checkpoint
+from mmlens.components.pixel_shuffle import build_projector
 from mmlens.config import VLMConfig
-from mmlens.errors import ImageTokenMismatchError, MMLensError, ProcessorUnavailableError
+from mmlens.errors import ImageTokenMismatchError, InvalidInputError, MMLensError, ProcessorUnavailableError
+from mmlens.geometry import n_views
 from mmlens.hooks import HookPoint
-from mmlens.models.anyres import n_views, pack_image
-from mmlens.models.decoder import HookedDecoder, KVCache
+from mmlens.inputs import MMInputs, prepare
+from mmlens.inputs.tokens import running_on
+from mmlens.models.checks import check_attention_mask, check_pixel_values, check_token_ids
+from mmlens.models.anyres import pack_image
+from mmlens.models.decoder import HookedDecoder, KVCache, as_plan
+from mmlens.models.generate import greedy_generate
+from mmlens.models.qformer import HookedQFormer
+from mmlens.models.qformer_geometry import with_query_geometry
+from mmlens.models.placement import execution_device, place
 from mmlens.models.vision_encoder import HookedVisionEncoder
-from mmlens.typing import PixelValues, TokenMask
 
-if TYPE_CHECKING:
-    from mmlens.inputs import MMInputs
+
+VISION_STAGES = ("features", "image_embed")
+"""Where a vision-only forward stops: after the tower, or after the projector."""
 
 
 class HookedVLM(HookedDecoder):
@@ -42,7 +53,9 @@ class HookedVLM(HookedDecoder):
         self.vision_encoder = HookedVisionEncoder(
             cfg.vision, cfg.vision_feature_layer, cfg.vision_feature_select_strategy
         )
-        self.vision_projector = Projector(cfg.projector)
+        self.vision_projector = build_projector(cfg.projector)
+        # InstructBLIP: learned queries read the instruction and the vision features; the projector maps them.
+        self.qformer = HookedQFormer(cfg.qformer) if cfg.qformer is not None else None
         self.image_newline = nn.Parameter(torch.zeros(cfg.decoder.d_model)) if cfg.image_grid_pinpoints else None
         self.hook_image_embed = HookPoint()  # [n_img (NeXT: n_views), n_patch, d_model]
         self.hook_merged_embed = HookPoint()  # [batch, pos, d_model]
@@ -53,19 +66,32 @@ class HookedVLM(HookedDecoder):
         cls,
         path_or_model: Any,
         *,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         device: str | torch.device = "cpu",
         processor: Any = None,
+        vision_tower: str | Path | None = None,
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
+        offload_folder: str | Path | None = None,
     ) -> HookedVLM:
-        """Load a checkpoint in Hugging Face format.
+        """Load a checkpoint in Hugging Face format, or in the original LLaVA repository layout.
 
         Args:
             path_or_model: A registered name (``"shapes-llava"``), a local directory in Hugging
                 Face format, or an already-loaded ``transformers`` model.
-            dtype: Parameter dtype (fp32, bf16 or fp16).
-            device: Where the model lives.
+            dtype: Parameter dtype (fp32, bf16 or fp16), or its name (``"float16"``).
+            device: Where the model lives (without ``device_map``).
             processor: The processor to use for :meth:`prepare`; loaded from the directory when
                 omitted and present there.
+            vision_tower: Local CLIP directory of an original-layout checkpoint
+                (``LlavaLlamaForCausalLM``, ``ShikraLlamaForCausalLM``), overriding the
+                ``mm_vision_tower`` it names; nothing is ever downloaded.
+            device_map: ``"auto"`` or module name → device (``"vision_encoder"``,
+                ``"blocks.3"``…, GPU index, ``"cpu"`` or ``"disk"``): blocks across devices, the
+                vision tower and projector with the first decoder blocks, CPU/disk offload when
+                memory is short (:mod:`mmlens.models.placement`).
+            max_memory: Memory per device for ``device_map="auto"`` (``{0: "20GiB", "cpu": "60GiB"}``).
+            offload_folder: Directory for the weights of modules mapped to ``"disk"``.
 
         Raises:
             UnsupportedArchitectureError: no adapter handles the checkpoint's architecture or
@@ -73,15 +99,15 @@ class HookedVLM(HookedDecoder):
             ProcessorUnavailableError: the directory's processor cannot be built here and none
                 was passed (LLaVA-OneVision's without torchvision falls back to images only).
         """
-        from mmlens.adapters import load_checkpoint
-
-        cfg, state_dict, found_processor = load_checkpoint(path_or_model, dtype=dtype, with_processor=processor is None)
+        cfg, state_dict, found_processor = load_checkpoint(
+            path_or_model, dtype=dtype, with_processor=processor is None, vision_tower=vision_tower
+        )
         with torch.device("meta"):
             model = cls(cfg)
         model.load_state_dict(state_dict, strict=True, assign=True)
         model.rotary.inv_freq = torch.tensor(cfg.decoder.rotary_inv_freq, dtype=torch.float32)
         model.processor = processor if processor is not None else found_processor
-        return model.to(device).eval()
+        return place(model, device, device_map, max_memory, offload_folder)
 
     def prepare(self, images: Any, text: Any, *, template: Any = "vicuna_v1", mark: Any = None) -> MMInputs:
         """Images and questions → :class:`~mmlens.inputs.MMInputs` (tensors, ``groups``, ``image_grid``).
@@ -90,10 +116,10 @@ class HookedVLM(HookedDecoder):
         with its system sentence, images padded to square with the processor's mean colour) and
         ``"llava_hf"`` (short prompt, centre crop); ``template=None`` takes full prompts. Anyres
         models (LLaVA-NeXT, LLaVA-OneVision) tile images with their processor; ``image_grid``
-        then tells base-view patches, tile patches and newline slots apart.
+        then tells base-view patches, tile patches and newline slots apart. InternVL takes
+        ``"internvl"`` (its chat template); its processor cuts tiles plus a thumbnail, and
+        ``image_grid`` maps each pixel-shuffled token to its 2×2 patches' pixels.
         """
-        from mmlens.inputs import prepare
-
         if self.processor is None or getattr(self.processor, "image_processor", None) is None:
             what = "no processor" if self.processor is None else f"a {type(self.processor).__name__} without an image processor"
             raise ProcessorUnavailableError(
@@ -101,11 +127,13 @@ class HookedVLM(HookedDecoder):
                 "saved processor (processor.save_pretrained), or pass processor=AutoProcessor.from_pretrained(...) "
                 "to HookedVLM.from_pretrained."
             )
-        return prepare(self.processor, self.vlm_cfg, images, text, template=template, mark=mark)
+        inputs = prepare(self.processor, self.vlm_cfg, images, text, template=template, mark=mark)
+        # InstructBLIP: query tokens get the patch their cross-attention reads most (models/qformer_geometry.py).
+        return with_query_geometry(self, inputs) if self.qformer is not None else inputs
 
     def generate(
         self,
-        inputs: MMInputs | Int[Tensor, "batch pos"] | None = None,
+        inputs: MMInputs | Tensor | None = None,
         max_new_tokens: int = 16,
         *,
         pixel_values: Tensor | None = None,
@@ -116,23 +144,25 @@ class HookedVLM(HookedDecoder):
         pad_token_id: int | None = None,
         prune: Any = None,
         image_sizes: Tensor | None = None,
+        qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
+        qformer_attention_mask: Tensor | None = None,
+        rerank_every_step: bool = False,
     ) -> Int[Tensor, "batch pos_plus_new"]:
         """Greedy decoding with a KV cache; returns the prompt followed by the new tokens.
 
-        ``prune`` (a :mod:`mmlens.pruning` policy) prunes image tokens once at prefill; decoding
-        then runs on a cache whose length differs by layer.
+        ``prune`` (a :mod:`mmlens.pruning` policy, or a plan made by its ``plan(n_layers)``)
+        prunes image tokens once at prefill; decoding then runs on a cache whose length differs
+        by layer. ``rerank_every_step=True`` instead re-runs the whole sequence without a cache
+        and prunes it afresh for every new token, as the released FastV and HiMAP code does
+        (docs/conventions.md).
 
         Equal token for token to Hugging Face's greedy ``generate`` on the same checkpoint.
         ``fwd_hooks`` are active during prefill and every decoding step. ``eos_token_id`` and
         ``pad_token_id`` default to the checkpoint's.
         """
-        from mmlens.models.generate import greedy_generate
-
-        if inputs is not None and not isinstance(inputs, Tensor):
-            input_ids, pixel_values, attention_mask = inputs.input_ids, inputs.pixel_values, inputs.attention_mask
-            image_sizes = getattr(inputs, "image_sizes", None)
-        elif inputs is not None:
-            input_ids = inputs
+        input_ids, pixel_values, attention_mask, image_sizes = _unpack(
+            inputs, input_ids, pixel_values, attention_mask, image_sizes
+        )
         return greedy_generate(
             self,
             input_ids,
@@ -144,10 +174,17 @@ class HookedVLM(HookedDecoder):
             pad_token_id=self.vlm_cfg.pad_token_id if pad_token_id is None else pad_token_id,
             prune=prune,
             image_sizes=image_sizes,
+            image_inputs=_qformer_inputs(inputs, qformer_input_ids, qformer_attention_mask),
+            rerank_every_step=rerank_every_step,
         )
 
     def embed_images(
-        self, pixel_values: Tensor, image_sizes: Tensor | None = None
+        self,
+        pixel_values: Tensor,
+        image_sizes: Tensor | None = None,
+        *,
+        qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
+        qformer_attention_mask: Tensor | None = None,
     ) -> list[Float[Tensor, "n_tokens d_model"]]:
         """Vision encoder and projector: per image, the embeddings that replace its placeholders.
 
@@ -155,11 +192,15 @@ class HookedVLM(HookedDecoder):
         LLaVA-OneVision) take ``[n_img, max_views, 3, H, W]`` (or the views stacked,
         ``[n_views, 3, H, W]``) with ``image_sizes`` ``[n_img, 2]`` as (height, width);
         ``hook_image_embed`` then holds the projected features of every view, before tiles are
-        un-padded (and, for OneVision, shrunk) and newline slots added.
+        un-padded (and, for OneVision, shrunk) and newline slots added. Tiled models (InternVL)
+        take every image's tiles and thumbnail stacked, ``[n_views, 3, H, W]``, and return one
+        entry per view (the model concatenates them in order).
         """
         pinpoints = self.vlm_cfg.image_grid_pinpoints
         if pinpoints is None:
-            return list(self.hook_image_embed(self.vision_projector(self.vision_encoder(pixel_values))))
+            return list(self.encode_images(
+                pixel_values, qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask
+            ))
         if image_sizes is None:
             raise MMLensError(
                 "anyres models (LLaVA-NeXT, LLaVA-OneVision) need image_sizes (height, width) for each "
@@ -168,14 +209,52 @@ class HookedVLM(HookedDecoder):
         tile = self.vlm_cfg.vision.image_size
         sizes = [tuple(s) for s in torch.as_tensor(image_sizes).tolist()]
         counts = [n_views(size, pinpoints, tile) for size in sizes]
-        if pixel_values.dim() == 5:
-            pixel_values = torch.cat([pv[:c] for pv, c in zip(pixel_values, counts)])
-        views = self.hook_image_embed(self.vision_projector(self.vision_encoder(pixel_values)))
+        views = self.encode_images(pixel_values, image_sizes)
         max_patches = self.vlm_cfg.anyres_max_patches
         return [
             pack_image(v, size, pinpoints, tile, self.image_newline, max_patches)
             for v, size in zip(views.split(counts), sizes)
         ]
+
+    def encode_images(
+        self,
+        pixel_values: Tensor,
+        image_sizes: Tensor | None = None,
+        *,
+        project: bool = True,
+        qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
+        qformer_attention_mask: Tensor | None = None,
+    ) -> Float[Tensor, "n_views n_patch d_out"]:
+        """Vision tower (and projector) on every view: no decoder runs.
+
+        Args:
+            pixel_values: ``[n_img, 3, H, W]``; anyres ``[n_img, max_views, 3, H, W]`` (padding
+                views are dropped using ``image_sizes``) or the views stacked, ``[n_views, 3, H, W]``.
+            image_sizes: ``[n_img, 2]`` (height, width), needed for 5-d anyres ``pixel_values``.
+            project: Return ``hook_image_embed`` (``d_out = d_model``); False: the tower's
+                ``vision_encoder.hook_features`` (what the projector consumes).
+            qformer_input_ids: InstructBLIP's instruction in the Q-Former's vocabulary, one row per
+                image (its ``qformer_attention_mask`` marks padding); the Q-Former runs between the
+                tower and the projector when ``project``.
+
+        Raises:
+            MMLensError: 5-d anyres ``pixel_values`` without ``image_sizes``.
+        """
+        if pixel_values.dim() == 5:
+            if image_sizes is None:
+                raise MMLensError(
+                    "5-d anyres pixel_values [n_img, max_views, 3, H, W] need image_sizes (height, width) to "
+                    "drop the padding views: pass the processor's image_sizes, or the views stacked [n_views, 3, H, W]."
+                )
+            pinpoints, tile = self.vlm_cfg.image_grid_pinpoints, self.vlm_cfg.vision.image_size
+            counts = [n_views(tuple(s), pinpoints, tile) for s in torch.as_tensor(image_sizes).tolist()]
+            pixel_values = torch.cat([pv[:c] for pv, c in zip(pixel_values, counts)])
+        features = self.vision_encoder(pixel_values)
+        if not project:
+            return features
+        if self.qformer is not None:
+            features = self.qformer(features, qformer_input_ids, qformer_attention_mask)
+        return self.hook_image_embed(self.vision_projector(features))
 
     def merge(
         self,
@@ -184,6 +263,8 @@ class HookedVLM(HookedDecoder):
         *,
         image_sizes: Tensor | None = None,
         decoding: bool = False,
+        qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
+        qformer_attention_mask: Tensor | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Token embeddings with image embeddings written into the image-placeholder slots.
 
@@ -200,7 +281,9 @@ class HookedVLM(HookedDecoder):
                     "images (model.prepare(images, text) does both)."
                 )
             return self.hook_merged_embed(embeds)
-        images = self.embed_images(pixel_values, image_sizes)
+        images = self.embed_images(
+            pixel_values, image_sizes, qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask
+        )
         counts = [len(e) for e in images]
         if n_slots != sum(counts):
             raise ImageTokenMismatchError(
@@ -209,42 +292,111 @@ class HookedVLM(HookedDecoder):
                 f"(id {self.vlm_cfg.image_token_index}); build prompts with model.prepare() or the "
                 "checkpoint's processor."
             )
-        merged = embeds.masked_scatter(slots[..., None], torch.cat(images).to(embeds.dtype))
+        merged = embeds.masked_scatter(slots[..., None].to(embeds.device), torch.cat(images).to(embeds.device, embeds.dtype))
         return self.hook_merged_embed(merged)
 
     def forward(
         self,
-        inputs: MMInputs | Int[Tensor, "batch pos"] | None = None,
-        pixel_values: PixelValues | None = None,
-        attention_mask: TokenMask | None = None,
+        inputs: MMInputs | Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         *,
-        input_ids: Int[Tensor, "batch pos"] | None = None,
+        input_ids: Tensor | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
         cache: KVCache | None = None,
         prune: Any = None,
         image_sizes: Tensor | None = None,
-    ) -> Float[Tensor, "batch kept_pos d_vocab"]:
+        stop_at_layer: int | None = None,
+        vision_stage: str | None = None,
+        qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
+        qformer_attention_mask: Tensor | None = None,
+    ) -> Float[Tensor, "batch kept_pos d_out"] | Float[Tensor, "n_views n_patch d_out"]:
         """Logits ``[batch, pos, d_vocab]``.
 
         Accepts ``model(inputs)`` with :class:`~mmlens.inputs.MMInputs` from :meth:`prepare`, or
-        ``model(input_ids=..., pixel_values=..., attention_mask=...)``.
+        ``model(input_ids=..., pixel_values=..., attention_mask=...)``; InstructBLIP also takes
+        ``qformer_input_ids`` / ``qformer_attention_mask`` (the instruction in the Q-Former's vocabulary).
 
-        ``prune`` takes a policy from :mod:`mmlens.pruning` (``Truncate``, ``FastV``, ``HiMAP``),
-        applied once at prefill. In ``drop`` mode the logits cover only the positions that
-        remain; ``model.last_prune.kept`` maps each prune layer to the original indices kept.
+        ``prune`` takes a policy from :mod:`mmlens.pruning` (``Truncate``, ``FastV``, ``HiMAP``)
+        or a plan made by its ``plan(n_layers)``, applied once at prefill. In ``drop`` mode the
+        logits cover only the positions that remain; keep the plan to see which:
+        ``plan = FastV(2, 0.5).plan(model.cfg.n_layers); model(inputs, prune=plan); plan.kept``
+        maps each prune layer to the original indices kept.
+
+        ``stop_at_layer=k`` (as TransformerLens; negative counts from the end) stops before
+        decoder block ``k`` and returns the residual stream entering it, ``[batch, pos, d_model]``.
+
+        ``vision_stage`` runs no decoder and needs only ``pixel_values`` (and anyres
+        ``image_sizes``): ``"features"`` returns ``vision_encoder.hook_features``,
+        ``"image_embed"`` the projector's ``hook_image_embed`` (:meth:`encode_images`).
+        ``run_with_cache`` picks it when its ``names_filter`` selects only vision-tower (and
+        projector) hooks.
+
+        Raises:
+            MMLensError: an unknown ``vision_stage``, one without ``pixel_values``, or
+                ``stop_at_layer`` out of range.
         """
-        if inputs is not None and not isinstance(inputs, Tensor):
-            input_ids, pixel_values, attention_mask = inputs.input_ids, inputs.pixel_values, inputs.attention_mask
-            image_sizes = getattr(inputs, "image_sizes", None)
-        elif inputs is not None:
-            input_ids = inputs
+        qformer_inputs = _qformer_inputs(inputs, qformer_input_ids, qformer_attention_mask)
+        if vision_stage is not None:
+            return self._vision_only(inputs, pixel_values, image_sizes, vision_stage, qformer_inputs)
+        input_ids, pixel_values, attention_mask, image_sizes = _unpack(
+            inputs, input_ids, pixel_values, attention_mask, image_sizes
+        )
+        check_token_ids(input_ids, self.cfg.d_vocab)
         decoding = cache is not None and cache.has_past
-        resid = self.merge(input_ids, pixel_values, image_sizes=image_sizes, decoding=decoding)
-        plan = None if prune is None or decoding else prune.plan(self.cfg.n_layers)
-        self.last_prune = plan
-        image = input_ids == self.vlm_cfg.image_token_index
-        newline = None if plan is None else self.newline_slots(input_ids, image_sizes)
-        return self.decode_blocks(resid, attention_mask, position_ids, cache, plan=plan, image=image, newline=newline)
+        # Hooks built from token groups check them against the prompt (not against decoding steps).
+        with nullcontext() if decoding else running_on(input_ids):
+            resid = self.merge(input_ids, pixel_values, image_sizes=image_sizes, decoding=decoding, **qformer_inputs)
+            plan = None if decoding else as_plan(prune, self.cfg.n_layers)
+            image = input_ids == self.vlm_cfg.image_token_index
+            newline = None if plan is None else self.newline_slots(input_ids, image_sizes)
+            return self.decode_blocks(resid, attention_mask, position_ids, cache, plan=plan, image=image,
+                                      newline=newline, stop_at_layer=stop_at_layer)
+
+    def _vision_only(
+        self, inputs: Any, pixel_values: Tensor | None, image_sizes: Tensor | None, stage: str, qformer_inputs: dict
+    ) -> Tensor:
+        """The ``vision_stage`` forward: :meth:`encode_images` on the inputs' pixels."""
+        if stage not in VISION_STAGES:
+            raise MMLensError(f"vision_stage takes one of {VISION_STAGES}, not {stage!r}.")
+        if isinstance(inputs, MMInputs):
+            pixel_values, image_sizes = inputs.pixel_values, inputs.image_sizes
+        if pixel_values is None:
+            raise MMLensError("a vision-only run needs pixel_values: pass model(pixel_values=px, vision_stage=...) "
+                              "or MMInputs that hold images.")
+        return self.encode_images(pixel_values, image_sizes, project=stage == "image_embed", **qformer_inputs)
+
+    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
+        """TransformerLens' ``run_with_cache``; a vision-only ``names_filter`` runs no decoder.
+
+        When ``names_filter`` selects only ``vision_encoder.*`` hooks the vision tower alone runs
+        (output: ``vision_encoder.hook_features``); with ``vision_projector.*`` or
+        ``hook_image_embed`` also the projector (output: ``hook_image_embed``). ``pixel_values``
+        alone are then enough: ``model.run_with_cache(pixel_values=px, names_filter=lambda n:
+        n.startswith("vision_encoder."))``. ``device="cpu"`` gathers the cache of a model
+        spread over devices on one.
+        """
+        stage = self.vision_stage_for(kwargs.get("names_filter"))
+        if stage is not None and "vision_stage" not in kwargs:
+            kwargs["vision_stage"] = stage
+        return super().run_with_cache(*model_args, return_cache_object=return_cache_object, **kwargs)
+
+    def vision_stage_for(self, names_filter: Any) -> str | None:
+        """The last stage a names filter needs when it selects only vision hooks: ``"features"``
+        (tower hooks only), ``"image_embed"`` (projector or ``hook_image_embed`` too); else None."""
+        if names_filter is None:
+            return None
+        if isinstance(names_filter, str):
+            names = [names_filter]
+        elif isinstance(names_filter, (list, tuple)):
+            names = list(names_filter)
+        else:
+            names = [n for n in self.hook_dict if names_filter(n)]
+        if not names:
+            return None
+        tower = all(n.startswith("vision_encoder.") for n in names)
+        projector = all(n.startswith(("vision_encoder.", "vision_projector.")) or n == "hook_image_embed" for n in names)
+        return "features" if tower else "image_embed" if projector else None
 
     def newline_slots(
         self, input_ids: Int[Tensor, "batch pos"], image_sizes: Tensor | None = None
@@ -277,3 +429,50 @@ class HookedVLM(HookedDecoder):
             )
         out[image] = flags
         return out
+
+
+def _unpack(
+    inputs: Any,
+    input_ids: Any,
+    pixel_values: Any,
+    attention_mask: Any,
+    image_sizes: Tensor | None,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """``(input_ids, pixel_values, attention_mask, image_sizes)`` from :class:`MMInputs`, a
+    positional ``input_ids`` tensor, or the keyword tensors.
+
+    Raises:
+        InvalidInputError: no ``input_ids`` in any form (also when ``pixel_values`` were given), or
+            tensors of the wrong kind, rank or dtype.
+    """
+    if isinstance(inputs, MMInputs):
+        return inputs.input_ids, inputs.pixel_values, inputs.attention_mask, inputs.image_sizes
+    if inputs is not None and input_ids is not None:
+        raise InvalidInputError("input_ids given twice (positionally and as input_ids=): pass it once.")
+    if inputs is not None:
+        input_ids = inputs
+    if input_ids is None and pixel_values is not None:
+        raise InvalidInputError(
+            "no input_ids: pixel_values were given without input_ids, but the model also needs the prompt's token ids, with "
+            "one image token per image feature; model.prepare(images, text) makes both."
+        )
+    if input_ids is None:
+        raise InvalidInputError(
+            "no input_ids: call model(inputs) with MMInputs from model.prepare(images, text), or "
+            "model(input_ids=..., pixel_values=..., attention_mask=...)."
+        )
+    if not isinstance(input_ids, Tensor):
+        raise InvalidInputError(
+            f"the model takes MMInputs or a tensor of token ids, not a {type(input_ids).__name__}: build "
+            "inputs with model.prepare(images, text) and call model(inputs)."
+        )
+    check_pixel_values(pixel_values)
+    check_attention_mask(attention_mask, input_ids)
+    return input_ids, pixel_values, attention_mask, image_sizes
+
+
+def _qformer_inputs(inputs: MMInputs | Tensor | None, ids: Tensor | None, mask: Tensor | None) -> dict[str, Tensor | None]:
+    """The Q-Former's instruction (InstructBLIP) from :class:`MMInputs` or the keyword tensors."""
+    if isinstance(inputs, MMInputs):
+        ids, mask = inputs.qformer_input_ids, inputs.qformer_attention_mask
+    return {"qformer_input_ids": ids, "qformer_attention_mask": mask}

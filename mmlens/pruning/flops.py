@@ -1,6 +1,6 @@
-"""FLOPs of the decoder with and without token pruning (methods.md §8).
+"""FLOPs of the decoder with and without token pruning (docs/methods.md#flops).
 
-``estimate`` is seed 003 eq. 10 (FastV's): image tokens only, Ω(n) = 4nd² + 2n²d + 2ndm per
+``estimate`` is "Unraveling the Shift" eq. 10 (FastV's): image tokens only, Ω(n) = 4nd² + 2n²d + 2ndm per
 layer. ``exact`` counts every matmul the decoder runs (2 FLOPs per multiply-add): q/k/v/o
 projections with grouped-query widths, the full score and value products, SwiGLU's three
 projections, the unembedding, for all tokens, and each decoding step over its cache.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmlens.adapters import VLM_ADAPTERS
+from mmlens.adapters.registry import lookup
 from mmlens.config import DecoderConfig, VLMConfig
 from mmlens.errors import MMLensError
 
@@ -20,8 +22,6 @@ def _decoder_config(cfg: Any) -> DecoderConfig:
     if isinstance(cfg, VLMConfig):
         return cfg.decoder
     if hasattr(cfg, "vision_config"):  # a Hugging Face config, e.g. LLaVA-1.5-7B's without weights
-        from mmlens.adapters.registry import VLM_ADAPTERS, lookup
-
         arch = (getattr(cfg, "architectures", None) or ["LlavaForConditionalGeneration"])[0]
         return lookup(VLM_ADAPTERS, arch, "architecture").config(cfg).decoder
     raise MMLensError(f"flops needs a DecoderConfig, VLMConfig or Hugging Face LLaVA config, not {type(cfg).__name__}.")
@@ -71,7 +71,7 @@ def flops(
         n_image: Image tokens of the prompt.
         policy: A pruning policy (``Truncate``, ``FastV``, ``HiMAP``) or None.
         new_tokens: Generated tokens (``exact`` only; each attends over its layer's cache).
-        method: ``"estimate"`` (seed 003 eq. 10: image tokens only, prefill only) or ``"exact"``.
+        method: ``"estimate"`` ("Unraveling the Shift" eq. 10: image tokens only, prefill only) or ``"exact"``.
 
     Returns:
         FLOPs (divide by 1e12 for the papers' TFLOPs).

@@ -1,4 +1,4 @@
-"""Image-token importance scores from a layer's head-mean attention (methods.md §7–8).
+"""Image-token importance scores from a layer's head-mean attention (docs/methods.md#truncation, #pruning).
 
 Every scorer takes the head-mean pattern ``[batch, query_pos, key_pos]`` of the layer before
 the prune point and the current sequence state, and returns ``[batch, pos]`` scores (only image

@@ -293,6 +293,41 @@ def aux_turn(kind: int, objects: Sequence[ShapeObject], cfg: ShapesConfig, rng: 
     return SHAPES_QUESTION, shapes_answer(objects, cfg)
 
 
+PHRASE_SUFFIX = "Answer the question using a phrase."
+"""Appended to a question asked in its sentence form (:func:`sentence_answer`)."""
+
+
+def sentence_answer(qtype: str, text: str, answer: str, named: Sequence[ShapeObject]) -> str:
+    """The answer to question ``text`` of type ``qtype`` as a sentence, the answer word in lower case.
+
+    ``"The circle is red ."`` where the one-word answer is ``Red``; ``"The circle is left of the
+    square ."`` for ``Left``; yes/no questions start with ``Yes ,`` or ``No ,`` and restate the
+    scene in lower-case words. Only the first word is capitalised, as in running text, so the
+    lower-case forms of colours, shapes and sides are produced in the middle of sentences, the
+    life that language pre-training gives them in LLaVA.
+
+    Args:
+        qtype: One of ``QUESTION_TYPES``.
+        text: The question.
+        answer: Its one-word answer.
+        named: The objects the question names (:class:`_Question`'s ``named``).
+    """
+    words = text.rstrip("?").replace(",", " ").split()
+    mentioned = [w for w in words if w in SHAPE_NAMES]
+    if qtype in ("ChooseAttr", "QueryAttr", "ChooseCat"):
+        return f"The {named[0].shape} is {named[0].colour} ."
+    if qtype == "ChooseRel":
+        return f"The {named[0].shape} is {answer.lower()} of the {named[1].shape} ."
+    if qtype == "CompareAttr":
+        a, b = named
+        if answer == YES:
+            return f"Yes , the {a.shape} and the {b.shape} are {a.colour} ."
+        return f"No , the {a.shape} is {a.colour} and the {b.shape} is {b.colour} ."
+    if answer == YES:  # Exist, LogicalObj: name what is there
+        return f"Yes , there is a {named[0].shape} in the image ."
+    return "No , there is " + " and ".join(f"no {s}" for s in mentioned) + " in the image ."
+
+
 def draw_turns(
     rng: np.random.Generator,
     objects: list[ShapeObject],
@@ -302,6 +337,7 @@ def draw_turns(
     aux_kinds: int = 6,
     type_weights: np.ndarray | None = None,
     balance: dict[str, int] | None = None,
+    sentence_rate: float = 0.0,
 ) -> list[Turn]:
     """``n_turns`` turns about one scene: auxiliary with chance ``aux_rate``, else a question.
 
@@ -317,6 +353,9 @@ def draw_turns(
         balance: When given, a running count per type of Yes minus No answers (updated here) that
             steers yes/no questions towards the rarer answer. Without it, the types whose Yes
             needs a special scene (two objects of one colour) are mostly No in training.
+        sentence_rate: Chance that a question is asked in its sentence form instead: the
+            question followed by ``PHRASE_SUFFIX``, answered by :func:`sentence_answer`. At 0
+            (the shipped recipe) no random number is drawn for it, so the turns are unchanged.
 
     Returns:
         The turns, in order.
@@ -334,7 +373,10 @@ def draw_turns(
         question = _ASKERS[qtype](_Scene(rng, objects, cfg, want_yes))
         if question is None and steered:  # the scene cannot give the rarer answer: take the other
             question = _ASKERS[qtype](_Scene(rng, objects, cfg, not want_yes))
-        if question is not None:
+        if question is not None and sentence_rate > 0 and rng.random() < sentence_rate:
+            sentence = sentence_answer(qtype, question.text, question.answer, question.named)
+            turns.append((f"{question.text} {PHRASE_SUFFIX}", sentence))
+        elif question is not None:
             turns.append((question.text, question.answer))
             if balance is not None and question.answer in (YES, NO):
                 balance[qtype] = balance.get(qtype, 0) + (1 if question.answer == YES else -1)

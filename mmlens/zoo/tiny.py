@@ -110,10 +110,71 @@ def tiny_onevision_config(
     return _anyres_config(transformers.LlavaOnevisionConfig, pinpoints, tiny_llava_config(**kwargs), vision_aspect_ratio=aspect)
 
 
+def tiny_internvl_config(
+    decoder: str = "qwen2",
+    *,
+    vocab_size: int = 128,
+    d_model: int = 64,
+    n_layers: int = 3,
+    n_heads: int = 4,
+    n_kv_heads: int | None = 2,
+    d_mlp: int = 128,
+    vision_d_model: int = 48,
+    vision_layers: int = 3,
+    vision_heads: int = 4,
+    image_size: int = 32,
+    patch_size: int = 8,
+    vision_feature_layer: int = -1,
+    use_qk_norm: bool = False,
+    norm_type: str = "layer_norm",
+    attention_bias: bool = True,
+    tie_word_embeddings: bool = False,
+    **decoder_kwargs: Any,
+) -> transformers.InternVLConfig:
+    """A tiny ``InternVLConfig``: InternViT tower, 2×2 pixel shuffle, Qwen2 (or Llama) decoder.
+
+    A 32-px tile of 8-px patches is a 4×4 grid, so each tile (and the thumbnail) gives 4 image
+    tokens. The image token is ``<IMG_CONTEXT>`` of :mod:`mmlens.zoo.internvl_processor`.
+    """
+    from mmlens.zoo.internvl_processor import IMAGE_TOKEN_ID as INTERNVL_IMAGE_TOKEN_ID
+
+    text = DECODER_CONFIGS[decoder](
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads or n_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=tie_word_embeddings,
+        **decoder_kwargs,
+    )
+    vis = transformers.InternVLVisionConfig(
+        hidden_size=vision_d_model,
+        intermediate_size=2 * vision_d_model,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        use_qk_norm=use_qk_norm,
+        norm_type=norm_type,
+        attention_bias=attention_bias,
+    )
+    return transformers.InternVLConfig(
+        vision_config=vis,
+        text_config=text,
+        image_token_id=INTERNVL_IMAGE_TOKEN_ID,
+        image_seq_length=(image_size // patch_size) ** 2 // 4,
+        vision_feature_layer=vision_feature_layer,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
 MODEL_CLASSES = {
     transformers.LlavaConfig: transformers.LlavaForConditionalGeneration,
     transformers.LlavaNextConfig: transformers.LlavaNextForConditionalGeneration,
     transformers.LlavaOnevisionConfig: transformers.LlavaOnevisionForConditionalGeneration,
+    transformers.InternVLConfig: transformers.InternVLForConditionalGeneration,
 }
 
 
@@ -125,7 +186,7 @@ def tiny_llava(config: transformers.PretrainedConfig, seed: int = 0) -> transfor
         for name, p in model.named_parameters():
             if p.ndim >= 2 and "embed" not in name:
                 p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim == 2 else 0.05)
-            elif p.ndim == 1 and "norm" in name and name.endswith("weight"):
+            elif p.ndim == 1 and ("norm" in name and name.endswith("weight") or "lambda" in name):
                 p.uniform_(0.5, 1.5)
             elif p.ndim == 1:
                 p.normal_(0.0, 0.1)
@@ -134,11 +195,12 @@ def tiny_llava(config: transformers.PretrainedConfig, seed: int = 0) -> transfor
     return model
 
 
-def save_tiny_checkpoint(directory: str | Path, config: transformers.LlavaConfig | None = None, seed: int = 0) -> Path:
+def save_tiny_checkpoint(directory: str | Path, config: transformers.PretrainedConfig | None = None, seed: int = 0) -> Path:
     """Write a tiny random checkpoint (config + safetensors) to ``directory`` and return it.
 
     CLIP checkpoints with the ``default`` strategy also get the zoo's word-level tokenizer and a
-    LLaVA processor (vocabulary of the shapes world), so ``model.prepare`` works on them.
+    LLaVA processor (vocabulary of the shapes world), so ``model.prepare`` works on them; InternVL
+    checkpoints get an ``InternVLProcessor`` over the same words (tiles of the tower's size, up to 6).
     """
     from mmlens.data.shapes import VOCAB_WORDS
     from mmlens.zoo.tokenizer import save_tokenizer_and_processor
@@ -149,4 +211,8 @@ def save_tiny_checkpoint(directory: str | Path, config: transformers.LlavaConfig
     vc = config.vision_config
     if isinstance(config, transformers.LlavaConfig) and vc.model_type == "clip_vision_model" and config.vision_feature_select_strategy == "default":
         save_tokenizer_and_processor(directory, VOCAB_WORDS, vc.image_size, vc.patch_size)
+    if isinstance(config, transformers.InternVLConfig):
+        from mmlens.zoo.internvl_processor import save_internvl_processor
+
+        save_internvl_processor(directory, VOCAB_WORDS, vc.image_size[0], config.image_seq_length)
     return directory

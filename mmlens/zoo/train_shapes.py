@@ -99,6 +99,12 @@ class TrainConfig:
         eval_per_type: Held-out samples per type for those checks (split ``MONITOR_SPLIT``).
         init: Continue from this saved checkpoint (model and processor) instead of fresh weights;
             use another ``seed`` so that its scenes are new, and ``vision_steps=0``.
+        sentence_rate: Chance that a question turn is asked in its sentence form (the question
+            plus ``PHRASE_SUFFIX``, answered ``"The circle is red ."``), so that the lower-case
+            answer words are produced mid-sentence; the plain questions keep their capitalised
+            one-word answers (see :func:`mmlens.zoo.shapes_model.sentence_answer`). 0: off.
+        checkpoint_every: VQA steps between intermediate checkpoints written to
+            ``OUT/step-N`` by the command line (0: only the final one).
     """
 
     arch: ShapesArch = field(default_factory=ShapesArch)
@@ -126,6 +132,8 @@ class TrainConfig:
     eval_every: int = 250
     eval_per_type: int = 40
     init: str | None = None
+    sentence_rate: float = 0.0
+    checkpoint_every: int = 0
 
 
 SMALL = TrainConfig(
@@ -135,6 +143,12 @@ SMALL = TrainConfig(
     vision_images_per_step=4, eval_every=0, eval_per_type=2,
 )  # fmt: skip
 """A seconds-long smoke-test configuration."""
+
+DEEP = TrainConfig(
+    arch=ShapesArch(d_model=192, n_layers=8, n_heads=6, n_kv_heads=2, d_mlp=576),
+    turns_per_image=10, aux_rate=0.3, sentence_rate=0.35, checkpoint_every=500,
+)  # fmt: skip
+"""shapes-llava-deep: 8 decoder layers, narrower (fits 25 MB), with sentence-form turns."""
 
 
 class PatchHeads(torch.nn.Module):
@@ -181,7 +195,7 @@ def make_batch(
         image, objects = draw_scene(rng, config.scenes)
         images.append(image)
         turns.append(draw_turns(rng, objects, config.scenes, config.turns_per_image, config.aux_rate,
-                                config.aux_kinds, type_weights, balance))  # fmt: skip
+                                config.aux_kinds, type_weights, balance, config.sentence_rate))  # fmt: skip
         patches.append(patch_labels(objects, image, config.arch.patch_size))
     batch = pack(processor, prefix, turns)
     batch["pixel_values"] = processor.image_processor(images, return_tensors="pt")["pixel_values"]
@@ -244,7 +258,11 @@ def _vqa_optimizer(modules: torch.nn.Module, config: TrainConfig) -> torch.optim
 
 
 def train(
-    config: TrainConfig = TrainConfig(), *, progress: bool = True, history: list[dict] | None = None
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+    history: list[dict] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[transformers.LlavaForConditionalGeneration, LlavaProcessor]:
     """Build and train shapes-llava under ``config``.
 
@@ -252,6 +270,7 @@ def train(
         config: Training configuration; the default reproduces the shipped checkpoint.
         progress: Show tqdm progress bars.
         history: When given, one record per held-out check and a final summary are appended.
+        checkpoint_dir: Where ``config.checkpoint_every`` writes ``step-N`` checkpoints.
 
     Returns:
         The trained model (in eval mode) and its processor.
@@ -303,6 +322,8 @@ def train(
             logger.info("step %d (%.1f min) loss %.4f | %s", step + 1, minutes, loss.item(),
                         " ".join(f"{k} {v:.2f}" for k, v in acc.items()))  # fmt: skip
             model.train()
+        if checkpoint_dir is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+            save(model, processor, Path(checkpoint_dir) / f"step-{step + 1}", config, history)
         if config.minutes is not None and minutes >= config.minutes:
             break
     hook.remove()
@@ -328,7 +349,11 @@ def save(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m mmlens.zoo.train_shapes --out DIR [--steps N] [--small]``."""
+    """Command line: ``python -m mmlens.zoo.train_shapes --out DIR [--steps N] [--small | --deep]``.
+
+    ``--set FIELD=JSON`` overrides a ``TrainConfig`` field, ``--set arch.FIELD=JSON`` a
+    ``ShapesArch`` one (e.g. ``--set arch.n_layers=8``).
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (Hugging Face format)")
     parser.add_argument("--steps", type=int, help="VQA-stage optimiser steps")
@@ -336,21 +361,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, help="seed of weights and training scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads (the last bits of numerics may differ)")
     parser.add_argument("--small", action="store_true", help="tiny smoke-test configuration")
+    parser.add_argument("--deep", action="store_true", help="the shapes-llava-deep configuration (DEEP)")
     parser.add_argument("--init", help="continue from this saved checkpoint (see TrainConfig.init)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="override any TrainConfig field, e.g. --set aux_rate=0.3 (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("steps", "minutes", "seed", "threads", "init") if getattr(args, k) is not None}
+    if args.small and args.deep:
+        parser.error("--small and --deep are alternatives; give one")
+    base = SMALL if args.small else DEEP if args.deep else TrainConfig()
+    arch_overrides = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        if name not in TrainConfig.__dataclass_fields__ or name in ("arch", "scenes"):
-            parser.error(f"--set {item!r}: unknown field; settable: {sorted(set(TrainConfig.__dataclass_fields__) - {'arch', 'scenes'})}")
-        overrides[name] = json.loads(value)
-    config = replace(SMALL if args.small else TrainConfig(), **overrides)
+        if name.startswith("arch.") and name[5:] in ShapesArch.__dataclass_fields__:
+            arch_overrides[name[5:]] = json.loads(value)
+        elif name in TrainConfig.__dataclass_fields__ and name not in ("arch", "scenes"):
+            overrides[name] = json.loads(value)
+        else:
+            settable = sorted(set(TrainConfig.__dataclass_fields__) - {"arch", "scenes"})
+            arch = ", ".join(ShapesArch.__dataclass_fields__)
+            parser.error(f"--set {item!r}: unknown field; settable: {settable} and arch.<{arch}>")
+    config = replace(base, arch=replace(base.arch, **arch_overrides), **overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     history: list[dict] = []
     with logging_redirect_tqdm():
-        model, processor = train(config, history=history)
+        model, processor = train(config, history=history, checkpoint_dir=args.out)
     save(model, processor, args.out, config, history)
     logger.info("saved to %s", args.out)
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mmlens import HookedVLM
-from mmlens.analysis import attention_share, grad_cam, knockout_sweep, logit_lens, saliency
+from mmlens.analysis import KnockoutResult, attention_share, grad_cam, knockout_sweep, logit_lens, saliency
 from mmlens.pruning import FastV, HiMAP, Truncate
 from tests.integration.test_prepare_anyres import _next, _onevision
 
@@ -29,7 +29,7 @@ def setup(request, tmp_path_factory):
 
 def test_knockout_sweep(setup):
     model, _, alone = setup
-    result = knockout_sweep(model, alone, flows=["image->last", "last->last"], window_size=1, progress=False)
+    result = KnockoutResult.concat([knockout_sweep(model, x, flows=["image->last", "last->last"], window_size=1) for x in alone])
     assert len(result.to_dataframe()) == 2 * 2 * model.cfg.n_layers
 
 
@@ -37,7 +37,7 @@ def test_logit_lens_and_attention_share(setup):
     model, inputs, _ = setup
     lens = logit_lens(model, inputs, ["star"])
     assert lens.to_dataframe()["prob"].between(0, 1).all()
-    shares = attention_share(model, inputs).per_layer.sum(-1)
+    shares = attention_share(model, inputs).share.sum(-1)
     torch.testing.assert_close(shares, torch.ones_like(shares), atol=1e-5, rtol=0)
 
 

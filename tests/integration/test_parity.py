@@ -17,6 +17,7 @@ CASES = {
     "llama-clip-layer-list": dict(vision_feature_layer=[-3, -1]),
     "llama-clip-full": dict(select_strategy="full"),
     "llama-tied": dict(tie_word_embeddings=True),
+    "llama-biases-head-dim": dict(n_kv_heads=2, attention_bias=True, mlp_bias=True, head_dim=24),
     "mistral-sliding": dict(decoder="mistral", n_kv_heads=2, sliding_window=7),
     "qwen2-bias-siglip": dict(decoder="qwen2", vision="siglip", n_kv_heads=2),
     "qwen2-siglip-full": dict(decoder="qwen2", vision="siglip", select_strategy="full", vision_feature_layer=-1),

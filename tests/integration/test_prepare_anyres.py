@@ -1,6 +1,6 @@
 """``prepare`` for anyres models (LLaVA-NeXT, LLaVA-OneVision) against their real processors:
 per-image token counts, pixel layout, image sizes, image positions' kinds, and box → patches
-checked by painting the box and running the processor (methods.md §1.1)."""
+checked by painting the box and running the processor (docs/methods.md#box-to-patches)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import transformers
 from PIL import Image, ImageDraw
 
 from mmlens import HookedVLM
-from mmlens.geometry_anyres import BASE, NEWLINE, TILE
-from mmlens.templates import get_template
+from mmlens.geometry import BASE, NEWLINE, TILE
+from mmlens.inputs import get_template
 from mmlens.zoo.tiny import tiny_llava, tiny_llava_next_config
 from mmlens.zoo.tokenizer import build_tokenizer
 from mmlens.zoo.tiny import ONEVISION_PINPOINTS as PINPOINTS, tiny_llava, tiny_onevision_config

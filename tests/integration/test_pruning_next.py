@@ -45,8 +45,9 @@ def test_fastv_keeps_each_rows_top_half_by_hand(setup, mode, keep_newlines):
     model, batch, _ = setup
     with torch.no_grad():
         _, cache = model.run_with_cache(batch, names_filter="blocks.0.attn.hook_pattern")
-        model(batch, prune=FastV(1, 0.5, mode=mode, keep_newlines=keep_newlines))
-    kept = model.last_prune.kept[1]
+        plan = FastV(1, 0.5, mode=mode, keep_newlines=keep_newlines).plan(model.cfg.n_layers)
+        model(batch, prune=plan)
+    kept = plan.kept[1]
     mask = batch.attention_mask.float()
     # FastV's paper ranking: attention each key receives, head mean, averaged over real query rows.
     score = torch.einsum("bqk,bq->bk", cache["pattern", 0].mean(1), mask) / mask.sum(-1, keepdim=True)
@@ -80,8 +81,9 @@ def test_a_mixed_batch_equals_each_prompt_alone(setup, policy):
 def test_two_stages_keep_a_quarter_of_each_row(setup, mode):
     model, batch, _ = setup
     with torch.no_grad():
-        model(batch, prune=HiMAP(1, 0.5, 2, 0.5, mode=mode))
-    kept = model.last_prune.kept[2]
+        plan = HiMAP(1, 0.5, 2, 0.5, mode=mode).plan(model.cfg.n_layers)
+        model(batch, prune=plan)
+    kept = plan.kept[2]
     image = batch.groups["image"]
     got = [sum(1 for i in kept[r] if i >= 0 and image[r, i]) for r in range(2)]
     assert got == [round(round(int(n) * 0.5) * 0.5) for n in image.sum(-1)]
@@ -97,5 +99,5 @@ def test_a_mixed_batch_generates_as_each_prompt_alone(setup):
 
 
 def test_keep_newlines_in_specs():
-    assert parse_policy("fastv:2,0.5,all_rows,drop,true") == FastV(2, 0.5, keep_newlines=True)
-    assert parse_policy("himap:2,0.5,8,0.75,column,mask,false") == HiMAP(2, 0.5, 8, 0.75, mode="mask")
+    assert parse_policy("fastv:2,0.5,all_rows,drop,true") == FastV(2, 0.5, rank_by="all_rows", keep_newlines=True)
+    assert parse_policy("himap:2,0.5,8,0.75,column,mask,false") == HiMAP(2, 0.5, 8, 0.75, phi_dp="column", mode="mask")

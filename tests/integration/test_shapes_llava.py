@@ -15,7 +15,7 @@ import transformers
 
 from mmlens import HookedVLM
 from mmlens.data.shapes import QUESTION_TYPES, shapes_dataset
-from mmlens.samples import sample_inputs
+from mmlens.inputs import sample_inputs
 from mmlens.zoo.registry import MODELS, resolve_model_name
 from mmlens.zoo.shapes_model import TEST_SPLIT, accuracy_by_type, predict_first_tokens
 
@@ -92,13 +92,14 @@ def test_hooked_model_answers_as_hugging_face_does(hf_pair, held_out):
 
 
 def test_grad_cam_peaks_on_the_named_object_above_chance(capsys):
-    """Seeds 000/001's check on a model with ground truth: the hit rate per decoder layer (the heat
-    map's peak patch overlaps a box the question names) against a uniformly random peak."""
-    from mmlens.analysis.cam_study import cam_hit_rate
+    """Grad-CAM ("From Redundancy to Relevance") on a model with ground truth: the hit rate per
+    decoder layer (the heat map's peak patch overlaps a box the question names) against a uniformly
+    random peak."""
+    from mmlens.studies import cam_hit_rate
 
     model = HookedVLM.from_pretrained("shapes-llava")
     samples = shapes_dataset(24, seed=TEST_SPLIT, types=["QueryAttr", "ChooseAttr", "Exist"])
-    hits = cam_hit_rate(model, [s for s in samples if s.boxes])
+    hits = cam_hit_rate(model, [s for s in samples if s.boxes]).to_dataframe()
     table = hits.groupby("layer")[["hit", "chance"]].mean()
     with capsys.disabled():
         print("\nshapes-llava Grad-CAM hit rate per decoder layer:\n" + table.round(3).to_string())

@@ -11,7 +11,7 @@ from PIL import Image
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from mmlens import HookedVLM
-from mmlens.templates import LLAMA3_SYSTEM
+from mmlens.inputs import LLAMA3_SYSTEM
 from mmlens.zoo.tiny import tiny_llava, tiny_llava_next_config
 
 SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<image>", "<|eot_id|>"]

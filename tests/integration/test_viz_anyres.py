@@ -79,7 +79,7 @@ def test_attention_overlay_and_bad_views(models):
     with torch.no_grad():
         _, cache = models["next"].run_with_cache(inputs, names_filter="blocks.1.attn.hook_pattern")
     fig = plot_image_attention(inputs, Image.new("RGB", (70, 40)), cache["pattern", 1][0, :, -1].mean(0))
-    assert len(fig.axes) == 1
+    assert len(fig.axes) == 2  # the overlay and its colour bar
     with pytest.raises(MMLensError, match="views must be one of"):
         position_heat_to_image(inputs, torch.zeros(inputs.input_ids.shape[1]), views="tile")
 
@@ -98,8 +98,31 @@ def test_attention_view_labels_base_view_tiles_and_newlines(models):
         expected += [f"t{r // 4}({r % 4},{c})" for c in range(4)] + ["nl"]
     assert [labels[i] for i in image] == expected
     assert labels[-1] == ":" and labels[image[0] - 1] not in expected
-    html = str(attention_view(model, inputs, layer=1))
-    assert "t1(3,3)" in html and "base(0,0)" in html
+    html = str(attention_view(model, inputs, layers=[1]))
+    assert '"n":"t1(3,3)"' in html and '"n":"base(0,0)"' in html
+
+
+def test_the_view_draws_base_view_tiles_and_newline_slots_as_the_model_sees_them(models):
+    from mmlens.viz.attention_view import attention_view
+    from mmlens.viz.view_layout import GUTTER
+    from tests.unit.viz.test_attention_view import view_data
+
+    # 30x64: a 4x4 base view of the whole image, then 2x1 tiles = 8 rows of 4 patches + newline.
+    inputs = _prepare(models["next"], (30, 64))
+    payload, _ = view_data(attention_view(models["next"], inputs, layers=[0]))
+    assert [p["name"] for p in payload["panels"]] == ["base view", "tiles"]
+    assert payload["panels"][1]["img"] == [0.0, 0.0, pytest.approx(1 / (1 + GUTTER), abs=1e-4), 1.0]
+    image = {p["n"]: p for p in payload["pos"] if p["k"] in ("img", "nl")}
+    assert image["base(1,2)"]["p"] == 0 and image["base(1,2)"]["b"] == [0.5, 0.25, 0.75, 0.5]
+    w = 1 / (1 + GUTTER)  # tile patches fill the picture part of the tile panel
+    tile = next(p for p in payload["pos"] if p["n"] == "t1(2,3)")
+    box = inputs.image_grid.boxes[0, tile["i"]].numpy()  # its pixels in the 30x64 image
+    assert tile["p"] == 1 and box[2] == 30
+    np.testing.assert_allclose(tile["b"], [box[0] / 30 * w, 6 / 8, w, 7 / 8], atol=1e-4)
+    newlines = [p["b"] for p in payload["pos"] if p["k"] == "nl"]
+    assert len(newlines) == 8  # one beside each row of the tile grid, right of the picture
+    np.testing.assert_allclose([(b[1], b[3]) for b in newlines], [(r / 8, (r + 1) / 8) for r in range(8)], atol=1e-4)
+    assert all(b[0] > w and b[2] == 1.0 for b in newlines)
 
 
 def test_labels_of_a_shrunk_onevision_grid(models):

@@ -40,7 +40,7 @@ READERS: dict[str, Reader] = {
 
 
 def load_dataset(spec: str, *, n: int | None = None, lenient: bool = False) -> ReadResult:
-    """Read the dataset a ``<reader>:<path>`` spec names (``"gqa-csv:/data/seed002"``).
+    """Read the dataset a ``<reader>:<path>`` spec names (``"gqa-csv:/data/gqa-subsets"``).
 
     Args:
         spec: A reader name from :data:`READERS`, a colon, and a file or folder (layouts in

@@ -6,6 +6,11 @@ the line or record key and what to fix; with ``lenient=True`` the record is skip
 and its message kept in :attr:`ReadResult.skipped`. File-level problems (a missing or
 unparsable file, a wrong top-level structure, a CSV header without required columns) always
 raise: no record of such a file can be trusted.
+
+Everything a study needs from a record is checked when it is read, not mid-run: each image is
+opened and decoded (a missing, unreadable or truncated file is an error naming the record),
+each box must lie inside its image (up to :data:`BOX_SLACK` pixels of rounding), and sample
+ids must be unique (they key resumable runs).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +50,12 @@ class ImageFile:
     """A zero-argument image loader: readers store these so images are opened only when used.
 
     Attributes:
-        path: The image file; its existence is checked when the sample is read.
+        path: The image file; it is opened and decoded when the sample is read.
+        size: ``(width, height)`` found when it was read (None when not checked).
     """
 
     path: Path
+    size: tuple[int, int] | None = None
 
     def __call__(self) -> Image.Image:
         """Open and fully load the image (the file handle is closed on return)."""
@@ -80,9 +88,12 @@ def collect(
     out = ReadResult(skipped=skipped)
     if limit == 0:
         return out
+    seen: dict[str, str] = {}
     for build in builds:
         try:
             sample = build()
+            if sample is not None:
+                check_sample(sample, seen)
         except DatasetFormatError as err:
             if not lenient:
                 raise
@@ -93,6 +104,30 @@ def collect(
             if limit is not None and len(out) >= limit:
                 break
     return out
+
+
+BOX_SLACK = 1.0
+"""Pixels a box may pass the image edge by (annotation rounding) before it is an error."""
+
+
+def check_sample(sample: Sample, seen: dict[str, str]) -> None:
+    """Raise when ``sample`` repeats an id in ``seen`` (id → source; updated) or holds a box
+    past the edge of its image; the message starts with the record's ``file:line``."""
+    source = str(sample.meta.get("source", sample.id))
+    if sample.id in seen:
+        raise DatasetFormatError(f"{source}: duplicate sample id {sample.id!r} (first at {seen[sample.id]}); "
+                                 "give every record a unique id: ids key resumable runs.")  # fmt: skip
+    size = sample.image.size if isinstance(sample.image, ImageFile) else None
+    if size is not None:
+        w, h = size
+        for role, (x0, y0, x1, y1) in sample.boxes.items():
+            if not (-BOX_SLACK <= x0 < x1 <= w + BOX_SLACK and -BOX_SLACK <= y0 < y1 <= h + BOX_SLACK):
+                raise DatasetFormatError(
+                    f"{source}: box {role!r} (x0, y0, x1, y1) = {(x0, y0, x1, y1)} lies outside its image "
+                    f"{sample.image.path.name} of {w}x{h} pixels; fix the box (x, y, w, h in pixels of the "
+                    "original image) or the image."
+                )
+    seen[sample.id] = source
 
 
 def fail(path: Path | str, where: str, problem: str, fix: str) -> DatasetFormatError:
@@ -156,13 +191,28 @@ def reject_unknown(record: dict, allowed: Iterable[str], path: Path, where: str)
 
 
 def image_at(path: Path, source: Path, where: str) -> ImageFile:
-    """A lazy loader for ``path``, raising now when the image file is missing."""
+    """A lazy loader for ``path`` with its size, raising now when the image file is missing,
+    not an image, or truncated (it is decoded once; the pixels are not kept)."""
     if not path.is_file():
         raise fail(
             source, where, f"image file {path} is missing",
             "put the image there or point the reader at the image folder (images=...)",
         )
-    return ImageFile(path)
+    stat = path.stat()
+    try:
+        size = _decoded_size(str(path), stat.st_mtime_ns, stat.st_size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise fail(source, where, f"image file {path} cannot be read ({type(err).__name__}: {err})",
+                   "replace it with a valid image file (JPEG, PNG, ...)") from err  # fmt: skip
+    return ImageFile(path, size)
+
+
+@lru_cache(maxsize=65536)
+def _decoded_size(path: str, mtime_ns: int, nbytes: int) -> tuple[int, int]:
+    """Decode an image once per file version (many questions share an image); its size."""
+    with Image.open(path) as img:
+        img.load()
+        return img.size
 
 
 def first_dir(root: Path, names: Sequence[str]) -> Path:

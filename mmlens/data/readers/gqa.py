@@ -1,4 +1,4 @@
-"""GQA: the official questions JSON with scene-graph boxes, and the seed-002 CSV subsets.
+"""GQA: the official questions JSON with scene-graph boxes, and the CSV subsets of "Cross-modal Information Flow".
 
 Official files (https://cs.stanford.edu/people/dorarad/gqa): ``<split>_balanced_questions.json``
 maps a question id to ``{imageId, question, answer, fullAnswer, types{structural, semantic,
@@ -6,7 +6,7 @@ detailed}, annotations{question{token: objectId}, ...}, semantic[...], ...}``;
 ``<split>_sceneGraphs.json`` maps an image id to ``{width, height, objects{objectId: {name, x,
 y, w, h, ...}}}``; images are ``images/<imageId>.jpg``.
 
-The seed-002 subsets (Zhang et al., "Cross-modal Information Flow in MLLMs", released as
+The GQA subsets of "Cross-modal Information Flow" (Zhang et al., released as
 ``GQA_val_correct_question_with_<...>_<Task>.csv``) hold one question per row with columns
 ``question_id, img_id, question, answer`` and box columns ``<role> x|y|w|h`` for the roles
 ``central object`` (ChooseAttr, ChooseCat, QueryAttr) or ``object1``/``object2`` (ChooseRel,
@@ -37,7 +37,7 @@ from mmlens.data.readers.base import (
 from mmlens.data.sample import Box, Sample
 
 CSV_COLUMNS = ("question_id", "img_id", "question", "answer")
-"""Columns every seed-002 CSV must have."""
+"""Columns every CSV of the "Cross-modal Information Flow" subsets must have."""
 
 _ABSENT = {"", "-"}
 _SINGLE_BOX = re.compile(r"^(central object|object\d+)$|^(.+) b?box$")
@@ -159,7 +159,7 @@ def read_gqa_csv(
     lenient: bool = False,
     limit: int | None = None,
 ) -> ReadResult:
-    """Read the seed-002 GQA subsets (one CSV per task) with their object boxes.
+    """Read the GQA subsets of "Cross-modal Information Flow" (one CSV per task) with their object boxes.
 
     Boxes are ``(x, y, x + w, y + h)`` keyed by role (``"central object"``, ``"object1"``,
     ``"object2"``). Accepted box columns: four columns ``<role> x``, ``<role> y``, ``<role> w``,
@@ -182,7 +182,7 @@ def read_gqa_csv(
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.glob("*.csv"))
     if not files:
-        raise DatasetFormatError(f"{path}: no CSV file found; give a seed-002 CSV or a folder of them.")
+        raise DatasetFormatError(f"{path}: no CSV file found; give a GQA subset CSV or a folder of them.")
     image_dir = Path(images) if images is not None else files[0].parent / "images"
     builds = (b for f in files for b in _csv_rows(f, image_dir, task))
     return collect(builds, lenient=lenient, limit=limit)
@@ -194,7 +194,7 @@ def _csv_rows(file: Path, image_dir: Path, task: str | None):
         header = reader.fieldnames or []
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
-            raise DatasetFormatError(f"{file}, line 1: missing column(s) {missing}; a seed-002 CSV "
+            raise DatasetFormatError(f"{file}, line 1: missing column(s) {missing}; a CSV of the Cross-modal Information Flow subsets "
                                      f"has the columns {list(CSV_COLUMNS)}.")  # fmt: skip
         roles = _box_columns(file, header)
         file_task = task or file.stem.rsplit("_", 1)[-1]

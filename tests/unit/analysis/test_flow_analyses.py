@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers
 
 from mmlens import HookedVLM
-from mmlens.analysis import PAPER_FLOWS, attention_share, knockout_sweep, logit_lens
+from mmlens.analysis import PAPER_FLOWS, KnockoutResult, attention_share, knockout_sweep, logit_lens
 from mmlens.data.shapes import make_sample
+from mmlens.errors import MMLensError
 from mmlens.interventions import knockout, window
-from mmlens.samples import sample_inputs
+from mmlens.inputs import sample_inputs
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,8 @@ def setup(checkpoint_factory):
 def test_sweep_reuse_path_equals_naive_full_forward(setup):
     model, _ = setup
     samples = [make_sample(s, t) for s, t in [(1, "ChooseAttr"), (2, "ChooseRel")]]
-    result = knockout_sweep(model, samples, window_size=3, progress=False).df
+    runs = [knockout_sweep(model, sample_inputs(model, s), window_size=3).tag(sample=s.id) for s in samples]
+    result = KnockoutResult.concat(runs).to_dataframe()
     assert set(result["flow"]) == set(PAPER_FLOWS) and len(result) == 2 * len(PAPER_FLOWS) * model.cfg.n_layers
     for sample in samples:
         inputs = sample_inputs(model, sample)
@@ -39,8 +42,18 @@ def test_sweep_reuse_path_equals_naive_full_forward(setup):
                     assert row["p_knockout"].item() == pytest.approx(float(p2), abs=1e-5)
                     expected = (float(p2) - float(clean[token])) / float(clean[token]) * 100
                     assert row["relative_change"].item() == pytest.approx(expected, abs=1e-2)
-    summary = knockout_sweep(model, samples, flows=["image->last"], window_size=3, progress=False).summary()
+    summary = KnockoutResult.concat(runs).summary()
     assert ((summary["ci_low"] <= summary["mean"]) & (summary["mean"] <= summary["ci_high"])).all()
+    means = result.groupby(["flow", "layer"])["relative_change"].mean()
+    np.testing.assert_allclose(summary.set_index(["flow", "layer"])["mean"], means.loc[summary.set_index(["flow", "layer"]).index])
+    assert (summary["n"] == 2).all()
+
+
+def test_sweep_takes_one_prompt(setup):
+    model, _ = setup
+    batch = model.prepare([make_sample(1, "Exist").load_image()] * 2, ["Is there a star?"] * 2)
+    with pytest.raises(MMLensError, match="batch-1"):
+        knockout_sweep(model, batch)
 
 
 def test_logit_lens_matches_hidden_states_norm_unembedding(setup):
@@ -76,8 +89,23 @@ def test_attention_shares_match_the_full_pattern(setup, head_reduce):
         row = cache["pattern", layer][0, :, -1]  # [head, key_pos]
         reduced = row.mean(0) if head_reduce == "mean" else row.max(0).values / row.max(0).values.sum()
         expected = torch.stack([reduced[g[name][0]].sum() for name in ("system", "image", "user")])
-        torch.testing.assert_close(shares.per_layer[0, layer], expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(shares.share[0, layer], expected, atol=1e-5, rtol=0)
         per_head = torch.stack([row[:, g[name][0]].sum(-1) for name in ("system", "image", "user")], -1)
-        torch.testing.assert_close(shares.per_head[0, layer], per_head, atol=1e-5, rtol=0)
-    torch.testing.assert_close(shares.per_layer.sum(-1), torch.ones(1, model.cfg.n_layers), atol=1e-5, rtol=0)
+        torch.testing.assert_close(shares.head_share[0, layer], per_head, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shares.share.sum(-1), torch.ones(1, model.cfg.n_layers), atol=1e-5, rtol=0)
     assert set(shares.to_dataframe()["group"]) == {"system", "image", "user"}
+    # per_layer: the mean over rows, here of a batch of the same input twice.
+    two = type(shares).concat([shares, shares]).per_layer().set_index(["layer", "group"])["share"]
+    for layer in range(model.cfg.n_layers):
+        for i, name in enumerate(shares.groups):
+            assert two[(layer, name)] == pytest.approx(float(shares.share[0, layer, i]), abs=1e-6)
+
+
+def test_lens_results_of_the_same_words_combine(setup):
+    model, _ = setup
+    a, b = (logit_lens(model, sample_inputs(model, make_sample(i, "QueryAttr")), words=["red"]) for i in (4, 5))
+    both = type(a).concat([a, b])
+    torch.testing.assert_close(both.probs, torch.cat([a.probs, b.probs]))
+    assert set(both.to_dataframe()["row"]) == {0, 1}
+    with pytest.raises(MMLensError, match="same tokens"):
+        type(a).concat([a, logit_lens(model, sample_inputs(model, make_sample(4, "QueryAttr")), words=["blue"])])

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import transformers
 
 from mmlens import HookedVLM
-from mmlens.analysis import d_metric, disruption, grad_cam, group_metrics, saliency
+from mmlens.analysis import disruption, grad_cam, group_metrics, saliency
 from mmlens.data.shapes import make_sample
-from mmlens.samples import sample_inputs
+from mmlens.errors import MMLensError
+from mmlens.inputs import sample_inputs
 
 
 @pytest.fixture(scope="module")
@@ -104,58 +104,41 @@ def test_smoothing_averages_raw_heat_over_noisy_copies(setup):
     assert not torch.allclose(smooth.raw, plain.raw) and float(smooth.heat.max()) == pytest.approx(1.0)
 
 
-def test_disruption_with_an_empty_flow_changes_nothing(setup):
-    model, _, inputs = setup
-    empty = inputs.groups.with_groups(user=inputs.groups["user"] & False)
+def test_disruption_with_an_empty_flow_raises_instead_of_reporting_no_effect(setup):
     from dataclasses import replace
 
-    result = disruption(model, [replace(inputs, groups=empty)], "instruction<-image", progress=False)
-    table = result.per_layer()
-    assert (table["label_consistency"] == 1).all() and (table["score_consistency"] == 1).all() and (table["E"] == 0).all()
+    from mmlens.errors import EmptyGroupError
+
+    model, _, inputs = setup
+    empty = inputs.groups.with_groups(user=inputs.groups["user"] & False)
+    with pytest.raises(EmptyGroupError, match="instruction<-image"):
+        disruption(model, replace(inputs, groups=empty), "instruction<-image")
 
 
-def test_disruption_metrics_and_d(setup):
-    model, _, _ = setup
-    samples = [make_sample(s, "QueryAttr") for s in range(3)]
-    vt = disruption(model, samples, "instruction<-image", progress=False)
-    vv = disruption(model, samples, "image<-image", scope="onward", mode="pre_softmax", progress=False)
-    rnd = disruption(model, samples, "random<-image", progress=False)
-    assert len(rnd.df) == 3 * model.cfg.n_layers
-    table = vt.per_layer()
-    assert ((table["E"] >= 0) & (table["E"] <= 3)).all()
-    expected = 3 - vt.df.groupby("layer")["jaccard"].sum().to_numpy()
-    np.testing.assert_allclose(table["E"].to_numpy(), expected)
-    from mmlens.analysis.disruption import DisruptionResult
-    import pandas as pd
+def test_disruption_of_one_input_against_hand_written_knockouts(setup):
+    from mmlens.interventions import knockout
 
-    d = d_metric(DisruptionResult(pd.concat([vt.df, vv.df])))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.testing.assert_allclose(d["D"].to_numpy(), np.log(d["E_vv"].to_numpy() / d["E_vt"].to_numpy()))
+    model, _, inputs = setup
+    result = disruption(model, inputs, "image<-image", layers=[0, 1], mode="pre_softmax", top_k=3).to_dataframe()
+    with torch.no_grad():
+        clean = model(inputs)[0, -1]
+        for layer in (0, 1):
+            out = model.run_with_hooks(inputs, fwd_hooks=knockout(inputs.groups, "image", "image", [layer], mode="pre_softmax"))[0, -1]
+            a, b = set(clean.topk(3).indices.tolist()), set(out.topk(3).indices.tolist())
+            row = result[result["layer"] == layer].iloc[0]
+            assert row["jaccard"] == pytest.approx(len(a & b) / len(a | b))
+            assert row["same_label"] == bool(out.argmax() == clean.argmax())
 
 
-def test_cam_hit_rate_scores_the_peak_against_the_named_boxes(setup):
-    from mmlens.analysis.cam_study import cam_hit_rate
-
-    model, _, _ = setup
-    samples = [make_sample(i, t) for i, t in enumerate(["ChooseAttr", "QueryAttr", "ChooseRel"])]
-    hits = cam_hit_rate(model, samples)
-    last = model.cfg.n_layers - 1
-    for s in samples:
-        inputs = sample_inputs(model, s)
-        cam = grad_cam(model, inputs, answer=s.answer)
-        image = inputs.groups["image"][0]
-        named = torch.zeros_like(image)
-        for box in s.boxes.values():
-            named |= inputs.patches_in_box(box)[0]
-        rows = hits[hits["sample"] == s.id].set_index("layer")
-        assert rows["chance"].iloc[0] == pytest.approx(named.sum().item() / image.sum().item())
-        for i, layer in enumerate(cam.layers):
-            heat = cam.raw[0, i]
-            if layer == last:  # nothing after the last MLP reaches the answer: no gradient
-                assert heat.abs().max() == 0
-            if heat.max() <= 0:  # an all-zero map has no peak
-                assert np.isnan(rows.loc[layer, "hit"])
-                continue
-            r, c = divmod(int(heat.argmax()), heat.shape[-1])
-            pos = (inputs.image_grid.row[0] == r) & (inputs.image_grid.col[0] == c)
-            assert rows.loc[layer, "hit"] == float(named[pos].item())
+def test_cam_result_table_and_combination(setup):
+    model, _, inputs = setup
+    cam = grad_cam(model, inputs, answer="Red", layers=[0, 1])
+    df = cam.to_dataframe().set_index(["row", "layer", "grid_row", "grid_col"])
+    for i, layer in enumerate(cam.layers):
+        for r, c in [(0, 0), (1, 2), (cam.heat.shape[-2] - 1, cam.heat.shape[-1] - 1)]:
+            assert df.loc[(0, layer, r, c), "heat"] == pytest.approx(float(cam.heat[0, i, r, c]))
+            assert df.loc[(0, layer, r, c), "raw"] == pytest.approx(float(cam.raw[0, i, r, c]))
+    both = type(cam).concat([cam, cam])
+    assert both.answers == ("Red", "Red") and both.heat.shape[0] == 2
+    with pytest.raises(MMLensError, match="same layers"):
+        type(cam).concat([cam, grad_cam(model, inputs, answer="Red", layers=[0])])

@@ -26,7 +26,7 @@ from mmlens.data.readers import (
 from mmlens.errors import MMLensError, UnknownNameError
 
 
-def _image(path: Path, size: tuple[int, int] = (8, 6)) -> Path:
+def _image(path: Path, size: tuple[int, int] = (640, 480)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, (200, 10, 10)).save(path)
     return path
@@ -187,7 +187,7 @@ def test_aokvqa_coco_layout(tmp_path: Path) -> None:
     result = read_aokvqa(tmp_path / "aokvqa", lenient=True)
     (s,) = result
     assert (s.answer, s.true_option, s.false_option, s.options) == ("C", "cup", "bat", ("bat", "ball", "cup", "kite"))
-    assert s.load_image().size == (8, 6) and s.meta["direct_answers"] == ["cup"] * 10
+    assert s.load_image().size == (640, 480) and s.meta["direct_answers"] == ["cup"] * 10
     assert "record 1 (question_id '22MexNkBPpdZGX6sxbxVBH'): missing required field(s) ['correct_choice_idx']" in (
         result.skipped[0])  # fmt: skip
 

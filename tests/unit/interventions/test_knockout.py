@@ -8,10 +8,10 @@ import transformers
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from transformer_lens.hook_points import HookPoint
-from mmlens import HookedVLM, LayerOutOfRangeError
+from mmlens import EmptyGroupError, HookedVLM, LayerOutOfRangeError
 from mmlens.data.shapes import make_sample
 from mmlens.interventions import block_attention, knockout, onward, paper_window_size, window
-from mmlens.samples import sample_inputs
+from mmlens.inputs import sample_inputs
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,9 @@ def test_knockout_matches_an_additive_mask_in_plain_pytorch(setup, src, dst, lay
 def test_blocking_an_empty_group_is_the_identity(setup):
     model, _, inputs = setup
     empty = inputs.groups["image"] & False
-    hooks = knockout(inputs.groups, empty, "last", range(3))
+    with pytest.raises(EmptyGroupError, match="src mask"):
+        knockout(inputs.groups, empty, "last", range(3))
+    hooks = knockout(inputs.groups, empty, "last", range(3), allow_empty=True)
     with torch.no_grad():
         # Same (explicit) attention path with a do-nothing hook at the same points.
         clean = model.run_with_hooks(inputs, fwd_hooks=[(name, lambda x, hook: x) for name, _ in hooks])

@@ -31,7 +31,7 @@ def run(model, batch, **kw):
         return model(input_ids=ids, pixel_values=px, attention_mask=mask, **kw)
 
 
-@pytest.mark.parametrize("policy", [FastV(2, 0.0), Truncate(2, keep=36, mode="drop"), HiMAP(1, 0.0, 3, 0.0)])
+@pytest.mark.parametrize("policy", [FastV(2, 0.01), Truncate(2, keep=36, mode="drop"), HiMAP(1, 0.01, 3, 0.01)])
 def test_pruning_nothing_is_the_unpruned_model(model, batch, policy):
     torch.testing.assert_close(run(model, batch, prune=policy), run(model, batch), atol=1e-5, rtol=0)
 
@@ -39,8 +39,9 @@ def test_pruning_nothing_is_the_unpruned_model(model, batch, policy):
 @pytest.mark.parametrize("make", [lambda m: FastV(2, 0.5, mode=m), lambda m: HiMAP(1, 0.5, 3, 0.5, mode=m),
                                   lambda m: Truncate(2, keep=5, mode=m)])
 def test_mask_and_drop_modes_agree_at_kept_positions(model, batch, make):
-    dropped = run(model, batch, prune=make("drop"))
-    kept = model.last_prune.kept[max(model.last_prune.kept)]
+    plan = make("drop").plan(model.cfg.n_layers)
+    dropped = run(model, batch, prune=plan)
+    kept = plan.kept[max(plan.kept)]
     masked = run(model, batch, prune=make("mask"))
     gathered = torch.gather(masked, 1, kept[..., None].expand(-1, -1, masked.shape[-1]))
     valid = torch.gather(batch[2], 1, kept).bool()
@@ -68,8 +69,9 @@ def test_rankings_follow_the_previous_layers_head_mean_attention(model, batch):
         (FastV(2, 0.5, rank_by="all_rows"), (attn * mask[:, :, None]).sum(1) / mask.sum(-1, keepdim=True)),
         (HiMAP(2, 0.5, 3, 0.5), (attn * ((torch.arange(ids.shape[1]) >= 3 + 36 + torch.tensor([[0], [3]])) & mask.bool())[:, :, None]).sum(1)),
     ]:
-        run(model, batch, prune=policy)
-        kept = model.last_prune.kept[2]
+        plan = policy.plan(model.cfg.n_layers)
+        run(model, batch, prune=plan)
+        kept = plan.kept[2]
         for r in range(2):
             expected = set(score[r].masked_fill(~image[r], -1e9).topk(18).indices.tolist())
             got = {int(i) for i in kept[r] if image[r, i]}
@@ -81,9 +83,10 @@ def test_kept_tokens_keep_their_original_rotary_positions(model, batch):
     store = {}
     hooks = [("blocks.3.attn.hook_k", lambda x, hook: store.setdefault("k", x)),
              ("blocks.3.attn.hook_rot_k", lambda x, hook: store.setdefault("rot", x))]
+    plan = FastV(2, 0.5).plan(model.cfg.n_layers)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        model(input_ids=ids, pixel_values=px, attention_mask=mask, prune=FastV(2, 0.5))
-    kept = model.last_prune.kept[2]
+        model(input_ids=ids, pixel_values=px, attention_mask=mask, prune=plan)
+    kept = plan.kept[2]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cos, sin = model.rotary(torch.gather(positions, 1, kept), store["k"].dtype)
     torch.testing.assert_close(store["rot"], apply_rotary(store["k"], cos, sin))
@@ -150,15 +153,15 @@ def test_truncating_every_image_token_equals_an_onward_knockout_of_the_image(mod
 
 
 def test_cliff_layer_follows_its_definition(checkpoint_factory):
-    from mmlens.analysis import cliff_layer, evaluate
     from mmlens.data.shapes import shapes_dataset
+    from mmlens.studies import cliff_layer, evaluate
 
     model = HookedVLM.from_pretrained(checkpoint_factory(n_kv_heads=2))
     samples = shapes_dataset(4, seed=0)
     result = cliff_layer(model, samples, tolerance=0.0, progress=False)
-    assert result.baseline == evaluate(model, samples)["correct"].mean()
-    acc = result.curve["accuracy"].tolist()
+    assert result.baseline == evaluate(model, samples).accuracy
+    acc = result.to_dataframe()["accuracy"].tolist()
     ok = [abs(a - result.baseline) <= 0.0 for a in acc]
     expected = next((i for i in range(len(acc)) if all(ok[i:])), None)
     assert result.cliff == expected
-    assert acc[-1] == evaluate(model, samples, Truncate(model.cfg.n_layers - 1, 0))["correct"].mean()
+    assert acc[-1] == evaluate(model, samples, Truncate(model.cfg.n_layers - 1, 0)).accuracy
