@@ -4,8 +4,9 @@ A patch at decoder layer ``l`` changes nothing before ``l``, and (attention bein
 nothing at positions before the first patched one. So a patched run starts from the base run's
 residual stream entering block ``l``, recomputes only positions ``p0..`` and reads the earlier
 positions' keys and values from the base run's cache, as the knockout sweep does. Patches at
-the same layer run as one batch (each row its own patch), and only the metric position is
-unembedded. Vision-tower patches rerun the tower in a batch and start the decoder at the first
+the same layer run as one batch (each row its own patch); in the last block the positions
+before the metric position compute only their keys and values (no attention output, no MLP),
+and only the metric position is unembedded. Vision-tower patches rerun the tower in a batch and start the decoder at the first
 image position. Results equal one full forward per patch (tested to 1e-5).
 """
 
@@ -115,18 +116,34 @@ def decode_from(
         resid: Input of block ``layer`` at positions ``p0..`` (default: the base run's).
     """
     mask = base.inputs.attention_mask
-    valid = mask[:, p0:].bool().expand(m, -1)
-    key_valid = torch.cat([mask[:, :p0].bool().expand(m, -1), valid], dim=1)
-    attention = build_mask(key_valid, valid.shape[1], model.cfg.sliding_window)
-    rotary = model.rotary(positions_from_mask(mask)[:, p0:].expand(m, -1), base.resid[layer].dtype)
+    window, dtype = model.cfg.sliding_window, base.resid[layer].dtype
+    key_valid = mask.bool().expand(m, -1)
+    positions = positions_from_mask(mask).expand(m, -1)
+    attention = build_mask(key_valid, key_valid.shape[1] - p0, window)
+    rotary = model.rotary(positions[:, p0:], dtype)
     x = base.resid[layer][:, p0:].expand(m, -1, -1) if resid is None else resid
+    last = model.cfg.n_layers - 1
+    # The last block matters only at the metric position: its other positions just need keys and
+    # values, so (when no hook of the patch sits in it) they skip its MLP and output.
+    split = layer < last and p0 < at and not any(str(name).startswith(f"blocks.{last}.") for name, _ in hooks)
+
+    def past(i: int) -> tuple[Tensor, Tensor] | None:
+        kv = base.kv.kv[i]
+        return (kv[0][:, :p0].expand(m, -1, -1, -1), kv[1][:, :p0].expand(m, -1, -1, -1)) if p0 > 0 else None
+
     # decode_blocks' loop, but only the metric position is normalised and unembedded.
     with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
-        for i in range(layer, model.cfg.n_layers):
-            kv = base.kv.kv[i]
-            past = (kv[0][:, :p0].expand(m, -1, -1, -1), kv[1][:, :p0].expand(m, -1, -1, -1)) if p0 > 0 else None
-            x, _ = model.blocks[i](x, attention, rotary, past)
-        logits = model.unembed(model.ln_final(x[:, at - p0 : at - p0 + 1]))
+        for i in range(layer, last if split else last + 1):
+            x, _ = model.blocks[i](x, attention, rotary, past(i))
+        if split:
+            block, k = model.blocks[last], at - p0
+            pre = build_mask(key_valid[:, :at], k, window)
+            _, kv = block.attn(block.ln1(x[:, :k]), pre, model.rotary(positions[:, p0:at], dtype), past(last))
+            query = build_mask(key_valid[:, : at + 1], 1, window)
+            x, _ = block(x[:, k : k + 1], query, model.rotary(positions[:, at : at + 1], dtype), kv)
+            logits = model.unembed(model.ln_final(x))
+        else:
+            logits = model.unembed(model.ln_final(x[:, at - p0 : at - p0 + 1]))
     return logits[:, 0]
 
 

@@ -66,7 +66,7 @@ class PatchingStudyResult(FrameResult):
         return plot_region_means(self.per_region(), list(REGIONS), title=title or "activation patching, mean per region")
 
 
-def corrupt_sample(sample: Sample, corrupt: str) -> tuple[Sample, list[tuple[float, float, float, float]]]:
+def corrupt_sample(sample: Sample, corrupt: str) -> tuple[Sample, list[tuple[int | float, ...]]]:
     """The counterfactual of ``sample`` and the pixel boxes it changed.
 
     Raises:
@@ -85,8 +85,9 @@ def corrupt_sample(sample: Sample, corrupt: str) -> tuple[Sample, list[tuple[flo
     return edited, [b for b in (change.old_box, change.new_box) if b is not None]
 
 
-def regions(inputs: MMInputs, boxes: Sequence[tuple[float, float, float, float]]) -> list[str]:
-    """The region (:data:`REGIONS`) of every position of batch-1 ``inputs``."""
+def regions(inputs: MMInputs, boxes: Sequence[tuple[int | float, ...]]) -> list[str]:
+    """The region (:data:`REGIONS`) of every position of batch-1 ``inputs``; ``boxes`` are the
+    changed pixel boxes ``(x0, y0, x1, y1)``."""
     groups = inputs.groups
     image = groups["image"][0]
     obj = torch.zeros_like(image)
@@ -111,9 +112,10 @@ def patch_sample(
     difference and is skipped.
     """
     for hook in hooks:
-        if get_site(hook).per_head:
-            raise MMLensError(f"patching_study pools positions by region: hook {hook!r} has one column per head; "
-                              "use a position site (resid_pre, resid_mid, resid_post, attn_out, mlp_out).")
+        site = get_site(hook)
+        if site.per_head or site.tower != "decoder":
+            raise MMLensError(f"patching_study pools prompt positions by region; {hook!r} is not a decoder position site: "
+                              "use resid_pre, resid_mid, resid_post, attn_out or mlp_out.")
     edited, boxes = corrupt_sample(sample, corrupt)
     clean, bad = sample_inputs(model, sample, template), sample_inputs(model, edited, template)
     where = regions(clean, boxes)
