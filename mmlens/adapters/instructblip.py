@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmlens.adapters.registry import (
+    language_model_state,
     DECODER_ADAPTERS,
     VISION_ADAPTERS,
     VLM_ADAPTERS,
@@ -160,9 +161,7 @@ class InstructBlipAdapter:
         )
 
     def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:
-        text = select(hf_state, "language_model.model.")
-        if "language_model.lm_head.weight" in hf_state:
-            text["lm_head.weight"] = hf_state["language_model.lm_head.weight"]
+        text = language_model_state(hf_state, "language_model.model.", "language_model.lm_head.weight")
         out = lookup(DECODER_ADAPTERS, cfg.decoder.family, "decoder").weights(text, cfg.decoder)
         out |= BlipVisionAdapter().weights(select(hf_state, "vision_model."), cfg.vision)
         qformer = select(hf_state, "qformer.")

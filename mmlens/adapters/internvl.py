@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmlens.adapters.registry import (
+    language_model_state,
     DECODER_ADAPTERS,
     VISION_ADAPTERS,
     VLM_ADAPTERS,
@@ -90,9 +91,7 @@ class InternVLAdapter:
         )
 
     def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:
-        text = select(hf_state, "model.language_model.")
-        if "lm_head.weight" in hf_state:
-            text["lm_head.weight"] = hf_state["lm_head.weight"]
+        text = language_model_state(hf_state, "model.language_model.")
         out = lookup(DECODER_ADAPTERS, cfg.decoder.family, "decoder").weights(text, cfg.decoder)
         out |= lookup(VISION_ADAPTERS, "internvl_vision", "vision tower").weights(
             select(hf_state, "model.vision_tower."), cfg.vision

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmlens.adapters.registry import (
+    language_model_state,
     DECODER_ADAPTERS,
     VISION_ADAPTERS,
     VLM_ADAPTERS,
@@ -57,9 +58,7 @@ class LlavaAdapter:
         )
 
     def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:
-        text = select(hf_state, "model.language_model.")
-        if "lm_head.weight" in hf_state:
-            text["lm_head.weight"] = hf_state["lm_head.weight"]
+        text = language_model_state(hf_state, "model.language_model.")
         out = lookup(DECODER_ADAPTERS, cfg.decoder.family, "decoder").weights(text, cfg.decoder)
         vision = select(hf_state, "model.vision_tower.")
         out |= lookup(VISION_ADAPTERS, f"{cfg.vision.family}_vision_model", "vision tower").weights(vision, cfg.vision)

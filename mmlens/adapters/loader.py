@@ -16,7 +16,7 @@ from torch import nn
 from mmlens.adapters.checks import check_files, check_loading_info
 from mmlens.adapters.llava_original import load_original, original_architecture
 from mmlens.adapters.processors import load_processor
-from mmlens.adapters.registry import DECODER_ADAPTERS, VLM_ADAPTERS, lookup, select
+from mmlens.adapters.registry import DECODER_ADAPTERS, VLM_ADAPTERS, language_model_state, lookup
 from mmlens.config import DecoderConfig, VLMConfig
 from mmlens.errors import CorruptFileError, InvalidInputError, MMLensError, UnknownNameError, UnsupportedArchitectureError
 from mmlens.zoo.registry import resolve_model_name
@@ -116,9 +116,7 @@ def load_decoder_checkpoint(path_or_model: Any, *, dtype: torch.dtype | str = to
         )
     cfg = adapter.config(hf_model.config)
     hf_state = hf_model.state_dict()
-    text = select(hf_state, "model.")
-    if "lm_head.weight" in hf_state:
-        text["lm_head.weight"] = hf_state["lm_head.weight"]
+    text = language_model_state(hf_state, "model.")
     state = {k: v.detach().to(dtype) for k, v in adapter.weights(text, cfg).items()}
     return cfg, state
 

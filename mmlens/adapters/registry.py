@@ -58,6 +58,15 @@ def select(hf_state: StateDict, prefix: str) -> StateDict:
     return {k[len(prefix) :]: v for k, v in hf_state.items() if k.startswith(prefix)}
 
 
+def language_model_state(hf_state: StateDict, body: str, head: str = "lm_head.weight") -> StateDict:
+    """The language model's entries under ``body`` plus its output head as ``lm_head.weight``
+    (absent when the embeddings are tied), ready for a decoder adapter's ``weights``."""
+    text = select(hf_state, body)
+    if head in hf_state:
+        text["lm_head.weight"] = hf_state[head]
+    return text
+
+
 def rename_block(hf_state: StateDict, hf_layer_prefix: str, table: dict[str, str], n_layers: int) -> StateDict:
     """Rename per-layer keys: ``{hf_layer_prefix}{i}.{hf}`` → ``blocks.{i}.{ours}``."""
     out: StateDict = {}
