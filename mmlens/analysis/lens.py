@@ -15,6 +15,7 @@ from torch import Tensor
 from mmlens.conventions import resolve
 from mmlens.errors import InvalidInputError, MMLensError, UnknownWordError
 from mmlens.inputs import MMInputs
+from mmlens.models.placement import execution_device
 from mmlens.result import Result
 from mmlens.viz.flow import plot_lens
 
@@ -136,14 +137,27 @@ def tracked_tokens(tokenizer, words: str | Sequence[str]) -> list[tuple[str, str
     return out
 
 
+def lens_device(model) -> torch.device | None:
+    """Where the lens projects: the unembedding's execution device (under a ``device_map``
+    the blocks' residuals live on their own devices; None: wherever they are)."""
+    return execution_device(model.unembed)
+
+
 def residual_at_last(model, inputs: MMInputs) -> Float[Tensor, "batch boundary d_model"]:
-    """The residual stream at ``last`` for every layer boundary (only that row is kept)."""
+    """The residual stream at ``last`` for every layer boundary (only that row is kept).
+
+    Under a ``device_map`` each boundary's residual is made on its block's device; every row is
+    moved to :func:`lens_device` as it is kept, so the stack (and the projection after it)
+    happens on one device.
+    """
     last = inputs.groups["last"]
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    device = lens_device(model)
     store: dict[str, Tensor] = {}
 
     def keep(x: Tensor, hook) -> None:
-        store[hook.name] = x[last].detach()
+        row = x[last.to(x.device)].detach()
+        store[hook.name] = row if device is None else row.to(device)
 
     with torch.no_grad():
         model.run_with_hooks(inputs, fwd_hooks=[(n, keep) for n in names])
@@ -197,8 +211,10 @@ def logit_lens(
     subs = tuple((sub, n) for *_, sub, n in tracked) + tuple((str(t), 1) for t in tokens)
     resid = residual_at_last(model, inputs)
     with torch.no_grad():
-        normed = model.ln_final(resid)
+        # Called as modules, the final norm and the unembedding load offloaded weights and take
+        # their input to their own device (a device_map's hooks); model.W_U would be on "meta".
+        normed = model.ln_final(resid).to(resid.device)
         if final_norm == "last_only":
             normed = torch.cat([resid[:, :-1], normed[:, -1:]], dim=1)
-        probs = torch.softmax((normed @ model.W_U).float(), dim=-1)[..., ids]
+        probs = torch.softmax(model.unembed(normed).float(), dim=-1)[..., ids]
     return LensResult(probs, tuple(ids), tuple(labels), subs)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from mmlens.analysis.knockout_sweep import KnockoutResult
 from mmlens.studies.flow import FlowStudyResult
-from mmlens.studies.report import knockout_lines, lens_lines, write_report
+from mmlens.studies.report import knockout_lines, lens_lines, skipped_flows, write_report
 
 
 def rows(lines: list[str]) -> dict[str, list[str]]:
@@ -77,3 +77,40 @@ def test_write_report_describes_every_figure(tmp_path: Path):
         assert "n = 2" in line
     assert "window of 3 layers" in summary and "log scale" in summary and "Settings: model = m." in summary
     assert "| image->last | no effect |" in summary and "-0.0" not in summary
+
+
+def test_skipped_flows_name_the_empty_group():
+    # sample "a" has every flow; "b" has no boxes: its related->question knockout never ran
+    flows = ["image->question", "question->last", "image->last", "last->last", "related->question", "other->question"]
+    ko = pd.DataFrame([(s, f) for s in "ab" for f in flows if (s, f) != ("b", "related->question")], columns=["sample", "flow"])
+    skipped = skipped_flows(ko, ["a", "b", "c"])  # "c" ran no knockout at all: no group is known non-empty there
+    assert skipped["related->question"] == (2, "empty 'related' group: 1; empty 'related' or 'question' group: 1")
+    assert skipped["image->last"] == (1, "empty 'image' or 'last' group")
+    assert skipped_flows(ko, ["a", "b"])["related->question"] == (1, "empty 'related' group")
+    assert skipped_flows(ko, ["a", "b"])["image->last"] == (0, "")
+
+
+def test_write_report_says_which_samples_were_left_out_and_why(tmp_path: Path):
+    """Three samples asked: "2" was dropped by filter_correct, "1" has no related tokens."""
+    (tmp_path / "done.json").write_text('["0", "1", "2"]')
+    flows = [("image->last", "0"), ("image->last", "1"), ("image->question", "1"), ("related->question", "0")]
+    ko = pd.DataFrame(
+        [(s, "T", flow, layer, 0, 2, 7, 0.5, 0.5 + 0.1 * layer, 20.0 * layer) for flow, s in flows for layer in range(3)],
+        columns=list(KnockoutResult.COLUMNS),
+    )
+    lens = pd.DataFrame(
+        [(0, b, "red", v, 1, 0.5, s, "T", True, "answer") for s in "01" for b in range(2) for v in ("lower", "capitalised")],
+        columns=["row", "boundary", "word", "variant", "token", "prob", "sample", "task", "correct", "role"],
+    )
+    shares = pd.DataFrame([(0, 0, "image", 1.0, s, "T", True) for s in "01"],
+                          columns=["row", "layer", "group", "share", "sample", "task", "correct"])  # fmt: skip
+    summary = write_report(FlowStudyResult(KnockoutResult(ko), lens, shares, tmp_path), records_skipped=4).read_text()
+    why = "skipped: 1 of 3 samples (answered incorrectly, left out by filter_correct)"
+    assert f"Samples: n = 2 used of 3; {why}. Before that, --lenient skipped 4 malformed record(s)" in summary
+    for name in ("knockout.png", "lens.png", "shares.png"):
+        (line,) = [line for line in summary.splitlines() if line.startswith(f"- `{name}`")]
+        assert why in line, name
+    table = rows(summary.splitlines())
+    assert table["related->question"][-2:] == ["1", "skipped: 1 of 2 samples (empty 'related' group)"]
+    assert table["image->last"][-2:] == ["2", "none"]
+    assert table["other->question"] == ["not run", "–", "–", "–", "0", "skipped: 2 of 2 samples (empty 'other' group)"]
