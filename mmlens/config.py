@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmlens.errors import UnsupportedArchitectureError
+
 
 @dataclass(frozen=True)
 class TowerConfig:
@@ -75,7 +77,13 @@ class TowerConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig(TowerConfig):
-    """The language decoder: a tower plus embeddings, rotary frequencies and unembedding."""
+    """The language decoder: a tower plus embeddings, rotary frequencies and unembedding.
+
+    Attributes:
+        mrope_section: Qwen2-VL's multimodal rotary (M-RoPE): how many of the ``d_head / 2``
+            frequencies rotate by the temporal, height and width position (positions
+            ``[3, batch, pos]``); None: 1-D rotary.
+    """
 
     d_vocab: int = 0
     n_ctx: int = 4096
@@ -83,6 +91,7 @@ class DecoderConfig(TowerConfig):
     rotary_inv_freq: tuple[float, ...] = ()
     rotary_attention_scaling: float = 1.0
     family: str = "llama"
+    mrope_section: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,16 @@ class VisionConfig(TowerConfig):
         family: ``"clip"`` or ``"siglip"``.
         ln_post: A LayerNorm follows the last block (BLIP's ``post_layernorm``, which InstructBLIP
             reads); applied to the last hidden state only.
+        packed: Qwen2-VL's tower: images of any size, cut into patches by the processor and packed
+            into one sequence (``pixel_values [n_patches, 3·temporal_patch_size·patch_size²]`` with
+            ``image_grid_thw``); 2-D rotary positions, attention only within an image (or a window).
+            ``image_size`` is then the smallest image (one image token).
+        temporal_patch_size: Frames per patch (an image is repeated to fill them).
+        merge_size: Side of the square of patches one image token covers (``spatial_merge_size``).
+        rotary_theta: Base of the 2-D rotary frequencies of a packed tower.
+        window: Qwen2.5-VL's window attention: side of a window in image tokens; None: no windows.
+        full_attention_layers: Blocks that attend over the whole image when ``window`` is set
+            (``fullatt_block_indexes``).
     """
 
     image_size: int = 336
@@ -109,6 +128,12 @@ class VisionConfig(TowerConfig):
     n_layers_total: int = 0
     family: str = "clip"
     ln_post: bool = False
+    packed: bool = False
+    temporal_patch_size: int = 1
+    merge_size: int = 1
+    rotary_theta: float = 10000.0
+    window: int | None = None
+    full_attention_layers: tuple[int, ...] = ()
 
     @property
     def grid(self) -> int:
@@ -148,11 +173,15 @@ class ProjectorConfig:
 
     Attributes:
         kind: ``"mlp"`` (two linears around ``act_fn``: LLaVA-1.5's ``mlp2x_gelu``),
-            ``"linear"`` (one linear: LLaVA-v0, LLaVA-1 and Shikra, ``mm_projector_type="linear"``)
-            or ``"pixel_shuffle_mlp"`` (InternVL: pixel shuffle, LayerNorm, then the two linears).
+            ``"linear"`` (one linear: LLaVA-v0, LLaVA-1 and Shikra, ``mm_projector_type="linear"``),
+            ``"pixel_shuffle_mlp"`` (InternVL: pixel shuffle, LayerNorm, then the two linears)
+            or ``"patch_merger"`` (Qwen2-VL: norm, ``pixel_shuffle²`` patches concatenated, two linears).
         pixel_shuffle: Side of the square of patches one image token covers (InternVL's
             ``downsample_ratio=0.5`` → 2); 1 keeps one token per patch.
         ln_eps: Epsilon of the LayerNorm of a ``"pixel_shuffle_mlp"`` projector.
+        ln_type: ``"LN"`` or ``"RMS"``: the norm of a ``"patch_merger"`` projector (Qwen2-VL's
+            ``merger``: norm each patch, concatenate ``pixel_shuffle²`` neighbours, two linears;
+            LayerNorm in Qwen2-VL, RMSNorm in Qwen2.5-VL).
     """
 
     d_in: int
@@ -162,6 +191,7 @@ class ProjectorConfig:
     kind: str = "mlp"
     pixel_shuffle: int = 1
     ln_eps: float = 1e-5
+    ln_type: str = "LN"
 
 
 @dataclass(frozen=True)
@@ -204,7 +234,17 @@ class VLMConfig:
 
     @property
     def image_seq_length(self) -> int:
-        """Image positions per image (per view for tiled and anyres models) fed to the decoder."""
+        """Image positions per image (per view for tiled and anyres models) fed to the decoder.
+
+        Raises:
+            UnsupportedArchitectureError: a packed tower (Qwen2-VL), whose images have no fixed count.
+        """
+        if self.vision.packed:
+            raise UnsupportedArchitectureError(
+                "Qwen2-VL / Qwen2.5-VL images have no fixed number of image tokens: each image gets "
+                "t·h·w / merge_size² of them for its patch grid (image_grid_thw, from the processor), so "
+                "estimates that assume one count per image (the memory planner) do not apply."
+            )
         if self.qformer is not None:
             return self.qformer.n_queries
         n_tokens = self.vision.n_patches + int(self.vision.has_cls)

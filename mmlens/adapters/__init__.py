@@ -9,6 +9,7 @@ and state dict, and :func:`load_decoder_checkpoint` does the same for a text-onl
 from mmlens.adapters import clip, llama, llava, llava_next, llava_onevision, mistral, qwen2, siglip  # noqa: F401
 from mmlens.adapters import internvit, internvl  # noqa: F401
 from mmlens.adapters import instructblip  # noqa: F401
+from mmlens.adapters import qwen2_vl, qwen2_5_vl  # noqa: F401
 from mmlens.adapters.loader import as_dtype, load_checkpoint, load_decoder_checkpoint
 from mmlens.adapters.processors import load_processor
 from mmlens.adapters.registry import DECODER_ADAPTERS, VISION_ADAPTERS, VLM_ADAPTERS

@@ -18,6 +18,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from mmlens.errors import ProcessorUnavailableError
 from mmlens.zoo.internvl_processor import InternVLImagesProcessor
+from mmlens.zoo.tiny_qwen_vl import Qwen2VLImagesProcessor
 
 
 class LlavaOnevisionImagesProcessor(transformers.LlavaOnevisionProcessor):
@@ -52,6 +53,9 @@ class LlavaOnevisionImagesProcessor(transformers.LlavaOnevisionProcessor):
 IMAGES_ONLY: dict[str, type[ProcessorMixin]] = {
     "LlavaOnevisionProcessor": LlavaOnevisionImagesProcessor,
     "InternVLProcessor": InternVLImagesProcessor,
+    # Qwen2.5-VL's processor treats images and text exactly as Qwen2-VL's.
+    "Qwen2VLProcessor": Qwen2VLImagesProcessor,
+    "Qwen2_5_VLProcessor": Qwen2VLImagesProcessor,
 }
 
 

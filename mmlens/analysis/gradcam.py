@@ -15,6 +15,7 @@ from torch import Tensor
 
 from mmlens.analysis.grad import activation_grads
 from mmlens.analysis.lens import word_tokens
+from mmlens.components.packed_vision import patch_coordinates
 from mmlens.conventions import resolve
 from mmlens.errors import InvalidInputError, MMLensError, check_layer
 from mmlens.geometry import BASE
@@ -158,6 +159,9 @@ def grad_cam(
             LLaVA-OneVision) the map covers the base view, which shows the whole image; tile
             patches and newline slots are left out. For InternVL it covers the thumbnail (or the
             only view): the tower's patch grid, or for the decoder the pixel-shuffled token grid.
+            For Qwen2-VL, the image's own grid: its patch rows × columns (vision), or the 2×2-merged
+            token grid (decoder); every row of a batch must then have the same grid (run rows of
+            other sizes separately, ``inputs.row(r)``).
         answer: Answer text per row (one string: the same for every row); the model's greedy
             answer when None. All its tokens are scored.
         layers: Layers of ``tower`` (all when None).
@@ -175,7 +179,8 @@ def grad_cam(
 
     Raises:
         UnknownWordError: an answer the tokenizer cannot represent (the map would be ``<unk>``'s).
-        InvalidInputError: a list of answers whose length is not the batch size.
+        InvalidInputError: a list of answers whose length is not the batch size, or (Qwen2-VL)
+            batch rows whose images have different grids.
 
     References: "From Redundancy to Relevance" §3.1, App. A.1; "From Redundancy to Relevance (v1)" §3.1.
     """
@@ -203,6 +208,8 @@ def grad_cam(
     if smooth is not None:
         n, sigma = smooth
         std = torch.tensor(model.processor.image_processor.image_std).view(1, 3, 1, 1)
+        if inputs.pixel_values.dim() == 2:  # packed patches (Qwen2-VL): rows of (channel, frame, y, x)
+            std = std.flatten().repeat_interleave(inputs.pixel_values.shape[-1] // 3)
         gen = torch.Generator().manual_seed(seed)
         # Noise on [0, 1] pixels is noise / std on normalised pixels.
         copies = [inputs.pixel_values + torch.randn(inputs.pixel_values.shape, generator=gen) * sigma / std for _ in range(n)]
@@ -217,6 +224,7 @@ def _row(inputs: MMInputs, r: int) -> MMInputs:
 def _raw_cam(model, inputs, ids, mask, pixel_values, targets, layers, tower, variant) -> Tensor:
     grid = model.vlm_cfg.vision.grid
     token_grid = model.vlm_cfg.token_grid  # image tokens per side of a view (InternVL: after pixel shuffle)
+    packed = _packed_grid(model, inputs) if model.vlm_cfg.vision.packed else None
     names = (
         [f"blocks.{layer}.ln2.hook_normalized" for layer in layers]
         if tower == "decoder"
@@ -229,7 +237,8 @@ def _raw_cam(model, inputs, ids, mask, pixel_values, targets, layers, tower, var
 
     with activation_grads(model) as leaves, model.hooks(fwd_hooks=leaves + [(n, keep) for n in names]):
         logits = model(input_ids=ids, pixel_values=pixel_values, attention_mask=mask, image_sizes=inputs.image_sizes,
-                       qformer_input_ids=inputs.qformer_input_ids, qformer_attention_mask=inputs.qformer_attention_mask)
+                       qformer_input_ids=inputs.qformer_input_ids, qformer_attention_mask=inputs.qformer_attention_mask,
+                       image_grid_thw=inputs.image_grid_thw)
         r, pos, tok = (torch.tensor(v) for v in zip(*targets))
         z = logits[r, pos, tok].sum()
         grads = torch.autograd.grad(z, [stash[n] for n in names])
@@ -245,18 +254,51 @@ def _raw_cam(model, inputs, ids, mask, pixel_values, targets, layers, tower, var
             feat, grad = feat * w, torch.where(w != 0, grad / w, torch.zeros_like(grad))
             p = inputs.input_ids.shape[1]
             sel = image[:, :p]
-            order = (inputs.image_grid.row * token_grid + inputs.image_grid.col)[sel].view(b, -1)
+            cols = token_grid if packed is None else packed[1] // model.vlm_cfg.vision.merge_size
+            order = (inputs.image_grid.row * cols + inputs.image_grid.col)[sel].view(b, -1)
             f = feat[:, :p][sel].view(b, -1, feat.shape[-1])
             g = grad[:, :p][sel].view(b, -1, grad.shape[-1])
             f = torch.gather(f, 1, order.argsort(1)[..., None].expand_as(f))
             g = torch.gather(g, 1, order.argsort(1)[..., None].expand_as(g))
+        elif packed is not None:
+            f, g = (_packed_patch_grid(x, inputs.image_grid_thw, model.vlm_cfg.vision.merge_size) for x in (feat, grad))
         else:
             skip = int(model.vlm_cfg.vision.has_cls)
             views = _base_views(model, inputs)
             f, g = feat[views, skip:], grad[views, skip:]
-        side = token_grid if tower == "decoder" else grid
-        maps.append(_cam(f.float(), g.float(), variant).view(b, side, side))
+        side = (token_grid, token_grid) if tower == "decoder" else (grid, grid)
+        if packed is not None:
+            merge = model.vlm_cfg.vision.merge_size
+            side = (packed[0] // merge, packed[1] // merge) if tower == "decoder" else packed
+        maps.append(_cam(f.float(), g.float(), variant).view(b, *side))
     return torch.stack(maps, 1).detach()
+
+
+def _packed_grid(model, inputs: MMInputs) -> tuple[int, int]:
+    """Qwen2-VL: the (rows, columns) patch grid every batch row's image shares.
+
+    Raises:
+        InvalidInputError: rows whose images have different grids (their maps cannot be stacked).
+    """
+    grids = {tuple(int(v) for v in g[1:]) for g in inputs.image_grid_thw.tolist()}
+    if len(grids) != 1 or len(inputs.image_grid_thw) != len(inputs):
+        raise InvalidInputError(
+            f"Grad-CAM stacks one map per row, but these rows' images have patch grids {sorted(grids)} (rows x "
+            "columns): run grad_cam on each row alone (inputs.row(r)), or resize the images to one size."
+        )
+    return grids.pop()
+
+
+def _packed_patch_grid(x: Tensor, grid_thw: Tensor, merge: int) -> Tensor:
+    """Packed tower activations ``[1, v_pos, d]`` as ``[n_img, rows · cols, d]``, each image's
+    patches row-major (the processor packs them ``merge × merge`` block by block)."""
+    counts = grid_thw.prod(-1).tolist()
+    coords = patch_coordinates(grid_thw.cpu(), merge)
+    out = []
+    for image, c in zip(x[0].split(counts), coords.split(counts)):
+        order = (c[:, 2] * int(c[:, 3].max() + 1) + c[:, 3]).argsort().to(x.device)
+        out.append(image[order])
+    return torch.stack(out)
 
 
 def _base_views(model, inputs: MMInputs) -> Tensor:

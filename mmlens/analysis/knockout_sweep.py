@@ -25,7 +25,7 @@ from mmlens.errors import InvalidInputError, MMLensError, check_layer
 from mmlens.inputs import MMInputs
 from mmlens.inputs.tokens import require_nonempty
 from mmlens.interventions.knockout import block_attention, paper_window_size, window
-from mmlens.models.decoder import KVCache, positions_from_mask
+from mmlens.models.decoder import KVCache
 from mmlens.result import FrameResult
 from mmlens.viz.flow import plot_knockout
 
@@ -103,6 +103,7 @@ def _knocked_out_last_logits(model, inputs, clean, src, dst, windows: Sequence[r
     mask = inputs.attention_mask
     kv = [None if c is None else (c[0][:, :p0].expand(m, -1, -1, -1), c[1][:, :p0].expand(m, -1, -1, -1)) for c in cache.kv]
     prefix = KVCache.prefix(kv, mask[:, :p0].bool().expand(m, -1))
+    positions = model.rotary_positions(inputs)[..., p0:]  # [batch, pos] or M-RoPE's [3, batch, pos]
     hooks = []
     for layer in sorted({j for w in windows for j in w}):
         active = torch.tensor([layer in w for w in windows])
@@ -112,7 +113,7 @@ def _knocked_out_last_logits(model, inputs, clean, src, dst, windows: Sequence[r
         logits = model.decode_blocks(
             resid[start][:, p0:].expand(m, -1, -1),
             attention_mask=mask[:, p0:].expand(m, -1),
-            position_ids=positions_from_mask(mask)[:, p0:].expand(m, -1),
+            position_ids=positions.expand(*positions.shape[:-2], m, -1),
             cache=prefix,
             start_layer=start,
         )

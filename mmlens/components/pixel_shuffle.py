@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from mmlens.components.activations import get_activation
 from mmlens.components.norms import LayerNorm
+from mmlens.components.patch_merger import PatchMerger
 from mmlens.components.projector import Projector
 from mmlens.config import ProjectorConfig
 from mmlens.errors import MMLensError
@@ -67,6 +68,8 @@ class PixelShuffleProjector(nn.Module):
 
 
 def build_projector(cfg: ProjectorConfig) -> nn.Module:
-    """The projector module for ``cfg.kind``: :class:`PixelShuffleProjector` or
+    """The projector module for ``cfg.kind``: :class:`PixelShuffleProjector`, Qwen2-VL's
+    :class:`~mmlens.components.patch_merger.PatchMerger` (``"patch_merger"``) or
     :class:`~mmlens.components.projector.Projector` (``"mlp"``, ``"linear"``)."""
-    return PixelShuffleProjector(cfg) if cfg.kind == "pixel_shuffle_mlp" else Projector(cfg)
+    kinds = {"pixel_shuffle_mlp": PixelShuffleProjector, "patch_merger": PatchMerger}
+    return kinds.get(cfg.kind, Projector)(cfg)

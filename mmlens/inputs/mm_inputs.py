@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mmlens.config import VLMConfig
 from mmlens.errors import ImageTokenMismatchError, InvalidInputError, MissingImageSlotError, MMLensError
-from mmlens.geometry import BASE, NEWLINE, TILE, AnyresGeometry, TiledGeometry, ViewGeometry
+from mmlens.geometry import BASE, NEWLINE, TILE, AnyresGeometry, ResizedGeometry, TiledGeometry, ViewGeometry
 from mmlens.inputs.pixels import Pixels, as_images, process_images
 from mmlens.inputs.templates import Template, get_template
 from mmlens.inputs.tokens import TokenGroups, span_mask, standard_groups
@@ -43,7 +43,7 @@ class ImageGrid:
     row: Int[Tensor, "batch pos"]
     col: Int[Tensor, "batch pos"]
     boxes: Float[Tensor, "batch pos 4"]
-    views: tuple[ViewGeometry | AnyresGeometry | TiledGeometry | None, ...]
+    views: tuple[ViewGeometry | AnyresGeometry | TiledGeometry | ResizedGeometry | None, ...]
     kind: Int[Tensor, "batch pos"] | None = None
     tile: Int[Tensor, "batch pos"] | None = None
 
@@ -138,18 +138,21 @@ class MMInputs:
     Anyres models (LLaVA-NeXT, LLaVA-OneVision) get ``pixel_values`` ``[n_img, max_views, 3, H, W]``
     and ``image_sizes`` ``[n_img, 2]`` (height, width), both passed on by ``model(inputs)``.
     InstructBLIP gets ``qformer_input_ids`` / ``qformer_attention_mask``: the question in the
-    Q-Former's vocabulary (one row per prompt), also passed on by ``model(inputs)``.
+    Q-Former's vocabulary (one row per prompt), also passed on by ``model(inputs)``. Qwen2-VL gets
+    every image's patches packed, ``pixel_values [n_patches, d_patch]``, and ``image_grid_thw``
+    ``[n_img, 3]``, each image's patch grid (frames, rows, columns).
     """
 
     input_ids: Int[Tensor, "batch pos"]
     attention_mask: TokenMask
-    pixel_values: Float[Tensor, "n_img *views 3 height width"] | None
+    pixel_values: Float[Tensor, "n_img *views 3 height width"] | Float[Tensor, "v_pos d_patch"] | None
     groups: TokenGroups
     image_grid: ImageGrid
     prompts: tuple[str, ...]
     image_sizes: Int[Tensor, "n_img 2"] | None = None
     qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None
     qformer_attention_mask: Int[Tensor, "batch q_pos"] | None = None
+    image_grid_thw: Int[Tensor, "n_img 3"] | None = None
 
     def __post_init__(self) -> None:
         # Groups of other prompts would mark the wrong positions (replace(inputs, groups=...)).
@@ -163,7 +166,7 @@ class MMInputs:
         pv = None if self.pixel_values is None else self.pixel_values.to(device)
         sizes = None if self.image_sizes is None else self.image_sizes.to(device)
         qformer = {k: None if getattr(self, k) is None else getattr(self, k).to(device)
-                   for k in ("qformer_input_ids", "qformer_attention_mask")}
+                   for k in ("qformer_input_ids", "qformer_attention_mask", "image_grid_thw")}
         return replace(
             self,
             input_ids=self.input_ids.to(device),
@@ -179,7 +182,12 @@ class MMInputs:
         or for a tiled model (InternVL, ``[n_views, 3, H, W]``) that image's run of views."""
         pv = self.pixel_values
         views = self.image_grid.views
-        if pv is not None and views and all(isinstance(v, TiledGeometry) for v in views):
+        grid_thw = self.image_grid_thw
+        if pv is not None and grid_thw is not None:
+            # Packed patches (Qwen2-VL): the row's image is a run of t·h·w patch rows.
+            counts = grid_thw.prod(-1).tolist()
+            pv, grid_thw = pv[sum(counts[:r]) : sum(counts[: r + 1])], grid_thw[r : r + 1]
+        elif pv is not None and views and all(isinstance(v, TiledGeometry) for v in views):
             start = sum(v.n_views for v in views[:r])
             pv = pv[start : start + views[r].n_views]
         elif pv is not None:
@@ -199,6 +207,7 @@ class MMInputs:
             image_sizes=None if self.image_sizes is None else self.image_sizes[r : r + 1],
             **{k: None if getattr(self, k) is None else getattr(self, k)[r : r + 1]
                for k in ("qformer_input_ids", "qformer_attention_mask")},
+            image_grid_thw=grid_thw,
         )
 
     def __len__(self) -> int:
@@ -306,7 +315,7 @@ def prepare(
     grid = _grid(enc["input_ids"], cfg.image_token_index, pixels)
     qformer = _qformer_text(processor, texts, image_token)
     return MMInputs(enc["input_ids"], enc["attention_mask"], pixels.pixel_values, TokenGroups.of(enc["input_ids"], groups), grid,
-                    tuple(prompts), pixels.image_sizes, **qformer)
+                    tuple(prompts), pixels.image_sizes, **qformer, image_grid_thw=pixels.image_grid_thw)
 
 
 def _qformer_text(processor: Any, texts: Sequence[str | PromptText], image_token: str) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mmlens.config import VLMConfig
 from mmlens.errors import InvalidInputError, MMLensError
-from mmlens.geometry import BASE, AnyresGeometry, Slot, TiledGeometry, ViewGeometry, tile_layout
+from mmlens.geometry import BASE, AnyresGeometry, ResizedGeometry, Slot, TiledGeometry, ViewGeometry, tile_layout
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,19 @@ class Pixels:
 
     Attributes:
         pixel_values: ``[n_img, 3, H, W]`` (single view), ``[n_img, max_views, 3, H, W]`` (anyres)
-            or ``[n_views, 3, H, W]``, every image's views one after another (tiled, InternVL).
+            or ``[n_views, 3, H, W]``, every image's views one after another (tiled, InternVL), or
+            ``[n_patches, d_patch]``, every image's patches one after another (packed, Qwen2-VL).
         image_sizes: ``[n_img, 2]`` original (height, width) for anyres models, else None.
         views: Per image, its geometry.
         slots: Per image, its image positions in the order the model fills them.
+        image_grid_thw: ``[n_img, 3]`` patch grid (frames, rows, columns) of packed images, else None.
     """
 
-    pixel_values: Float[Tensor, "n_img *views 3 height width"]
+    pixel_values: Float[Tensor, "n_img *views 3 height width"] | Float[Tensor, "v_pos d_patch"]
     image_sizes: Int[Tensor, "n_img 2"] | None
-    views: tuple[ViewGeometry | AnyresGeometry | TiledGeometry, ...]
+    views: tuple[ViewGeometry | AnyresGeometry | TiledGeometry | ResizedGeometry, ...]
     slots: tuple[list[Slot], ...]
+    image_grid_thw: Int[Tensor, "n_img 3"] | None = None
 
 
 def as_image(image: Any) -> Image.Image:
@@ -127,6 +130,8 @@ def process_images(image_processor: Any, cfg: VLMConfig, images: list[Image.Imag
         return _anyres(image_processor, cfg, images)
     if cfg.tiled_views:
         return _tiled(image_processor, cfg, images)
+    if cfg.vision.packed:
+        return _packed(image_processor, cfg, images)
     side, patch = cfg.vision.image_size, cfg.vision.patch_size
     if mode == "pad":
         fill = tuple(int(255 * m) for m in image_processor.image_mean)
@@ -199,6 +204,25 @@ def _tiled(image_processor: Any, cfg: VLMConfig, images: list[Image.Image]) -> P
             f"{[v.n_views for v in views]}: mmlens follows InternVL's GotOcr2 image processor (tiles + thumbnail)."
         )
     return Pixels(out["pixel_values"], None, views, tuple(v.slots() for v in views))
+
+
+def _packed(image_processor: Any, cfg: VLMConfig, images: list[Image.Image]) -> Pixels:
+    """Qwen2-VL: each image resized by the processor (its own pixel budget), patches packed."""
+    vision = cfg.vision
+    settings = {"patch_size": vision.patch_size, "merge_size": vision.merge_size,
+                "temporal_patch_size": vision.temporal_patch_size}
+    found = {k: getattr(image_processor, k, None) for k in settings}
+    if found != settings:
+        raise MMLensError(
+            f"the image processor's {found} do not match the vision tower's {settings}: load the processor "
+            "saved with the checkpoint, or build one with the tower's patch, merge and temporal patch sizes."
+        )
+    out = image_processor(images, return_tensors="pt")
+    grid = torch.as_tensor(out["image_grid_thw"]).long()
+    patch = vision.patch_size
+    views = tuple(ResizedGeometry(im.width, im.height, int(w) * patch, int(h) * patch, patch, vision.merge_size)
+                  for im, (_, h, w) in zip(images, grid.tolist()))
+    return Pixels(out["pixel_values"], None, views, tuple(v.slots() for v in views), grid)
 
 
 def _check_anyres_processor(image_processor: Any, cfg: VLMConfig) -> None:

@@ -5,7 +5,8 @@ Registered: ``vicuna_v1`` (LLaVA-1.5), ``llava_hf`` (the llava-hf short prompt),
 (Llama3-LLaVA-NeXT-8B with its system turn), ``llama3_hf`` (the llava-hf chat template of that
 checkpoint, without a system turn), ``vicuna_v1_im_start_end`` (LLaVA-1.x checkpoints with
 ``mm_use_im_start_end``), ``shikra`` (Shikra as the "From Redundancy to Relevance" code prompts
-it) and ``internvl`` (the InternVL-hf chat template). Templates hold no BOS: the tokenizer adds it.
+it), ``internvl`` (the InternVL-hf chat template) and ``qwen2_vl`` (the Qwen2-VL / Qwen2.5-VL
+chat template, with its default system turn). Templates hold no BOS: the tokenizer adds it.
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ TEMPLATES: dict[str, Template] = {
         Template("instructblip", "{image}{question}", "", "crop"),
         Template("internvl", "<|im_start|>user\n{image}\n{question}<|im_end|>\n<|im_start|>assistant\n", "", "crop",
                  "<img>", "</img>"),
+        # The Qwen2-VL / Qwen2.5-VL chat template: default system turn, image tokens between
+        # <|vision_start|> and <|vision_end|>, the question right after. The processor resizes
+        # each image within its pixel budget (image_mode is not used).
+        Template("qwen2_vl", "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{image}{question}<|im_end|>\n"
+                 "<|im_start|>assistant\n", "You are a helpful assistant.", "crop", "<|vision_start|>", "<|vision_end|>"),
     ]
 }
 

@@ -67,9 +67,12 @@ def check_pixel_values(pixel_values: Any) -> None:
             f"pixel_values must be a tensor from the image processor, not a {type(pixel_values).__name__}: "
             "pass images to model.prepare(images, text) instead."
         )
-    if pixel_values.dim() not in (4, 5) or pixel_values.shape[-3] != 3:
+    # Qwen2-VL's processor packs every image's patches as rows: [n_patches, 3 * temporal * patch²].
+    packed = pixel_values.dim() == 2 and pixel_values.shape[-1] % 3 == 0
+    if not packed and (pixel_values.dim() not in (4, 5) or pixel_values.shape[-3] != 3):
         raise InvalidInputError(
-            f"pixel_values must be [n_img, 3, H, W] (anyres: [n_img, views, 3, H, W]), got shape "
+            f"pixel_values must be [n_img, 3, H, W] (anyres: [n_img, views, 3, H, W]; Qwen2-VL: packed patches "
+            f"[n_patches, d_patch]), got shape "
             f"{tuple(pixel_values.shape)}: use model.prepare(images, text)."
         )
     if not pixel_values.dtype.is_floating_point:

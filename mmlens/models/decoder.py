@@ -17,6 +17,7 @@ from mmlens.components.attention import AttentionMask
 from mmlens.components.block import Block
 from mmlens.components.embed import Embed, Unembed
 from mmlens.components.norms import NORMS
+from mmlens.components.mrope import MRotary
 from mmlens.components.rotary import Rotary
 from mmlens.config import DecoderConfig
 from mmlens.errors import MMLensError
@@ -211,7 +212,10 @@ class HookedDecoder(TransformerLensCompat, HookedRoot):
         self.cfg = cfg
         self.embed = Embed(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
-        self.rotary = Rotary(torch.tensor(cfg.rotary_inv_freq), cfg.rotary_attention_scaling)
+        inv_freq = torch.tensor(cfg.rotary_inv_freq)
+        # Qwen2-VL: multimodal rotary, positions [3, batch, pos] (t, h, w).
+        self.rotary = (Rotary(inv_freq, cfg.rotary_attention_scaling) if cfg.mrope_section is None
+                       else MRotary(inv_freq, cfg.mrope_section, cfg.rotary_attention_scaling))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = NORMS[cfg.normalization_type](cfg.d_model, cfg.eps)
         self.unembed = Unembed(cfg.d_vocab, cfg.d_model)
@@ -265,7 +269,7 @@ class HookedDecoder(TransformerLensCompat, HookedRoot):
         self,
         resid: Float[Tensor, "batch pos d_model"],
         attention_mask: TokenMask | None = None,
-        position_ids: Int[Tensor, "batch pos"] | None = None,
+        position_ids: Int[Tensor, "*three batch pos"] | None = None,
         cache: KVCache | None = None,
         start_layer: int = 0,
         *,
@@ -279,7 +283,8 @@ class HookedDecoder(TransformerLensCompat, HookedRoot):
         Args:
             resid: Input to block ``start_layer`` (merged embeddings when ``start_layer == 0``).
             attention_mask: 1 for real tokens, 0 for (left) padding, over the new positions.
-            position_ids: Rotary positions; derived from ``attention_mask`` when omitted.
+            position_ids: Rotary positions; derived from ``attention_mask`` when omitted. M-RoPE
+                decoders (Qwen2-VL) also take ``[3, batch, pos]`` (temporal, height, width).
             cache: Past keys/values; updated in place with the new positions when given.
             start_layer: First block to run (earlier blocks are assumed already applied).
             plan: A token-pruning plan consulted before every block (prefill only).
@@ -300,7 +305,8 @@ class HookedDecoder(TransformerLensCompat, HookedRoot):
         state, new_kv, new_valid = self._run_blocks(state, start_layer, cache if past else None, plan, stop)
         if cache is not None:
             cache.kv, cache.valid = new_kv, new_valid
-            cache.next_pos = position_ids[:, -1] + 1
+            # M-RoPE: the next token follows the largest position any of the three rows used.
+            cache.next_pos = (position_ids[:, -1] if position_ids.dim() == 2 else position_ids.amax(dim=(0, 2))) + 1
         if stop_at_layer is not None:
             return state.resid
         resid = _to(state.resid, execution_device(self.ln_final)) if hasattr(self, "hf_device_map") else state.resid

@@ -90,6 +90,7 @@ HOOKS: list[tuple[str, str, str]] = (
         ("vision_projector.hook_shuffled", "n_img n_tokens d_shuffled", "pixel-shuffled features: s×s patches per token (InternVL)"),
         ("vision_projector.ln.hook_scale", "n_img n_tokens 1", "projector LayerNorm scale (InternVL)"),
         ("vision_projector.ln.hook_normalized", "n_img n_tokens d_shuffled", "projector LayerNorm output before weight (InternVL)"),
+        ("vision_projector.hook_merged", "n_img n_tokens d_merged", "m×m neighbouring patches concatenated per image token, after the norm (Qwen2-VL merger; n_img = 1: all images packed)"),
         ("vision_projector.hook_pre", "n_img n_patch d_model", "first projector linear"),
         ("vision_projector.hook_post", "n_img n_patch d_model", "after the projector activation"),
         ("hook_image_embed", "n_img n_patch d_model", "projector output, written into the image slots"),

@@ -20,10 +20,12 @@ from mmlens.inputs import MMInputs, prepare
 from mmlens.inputs.tokens import running_on
 from mmlens.models.checks import check_attention_mask, check_pixel_values, check_token_ids
 from mmlens.models.anyres import pack_image
-from mmlens.models.decoder import HookedDecoder, KVCache, as_plan
+from mmlens.models.decoder import HookedDecoder, KVCache, as_plan, positions_from_mask
 from mmlens.models.generate import greedy_generate
 from mmlens.models.qformer import HookedQFormer
 from mmlens.models.qformer_geometry import with_query_geometry
+from mmlens.models.packed_vision_encoder import HookedPackedVisionEncoder
+from mmlens.models.mrope_inputs import image_token_counts, multimodal_positions, refuse_videos
 from mmlens.models.placement import execution_device, place
 from mmlens.models.vision_encoder import HookedVisionEncoder
 
@@ -50,8 +52,9 @@ class HookedVLM(HookedDecoder):
         super().__init__(cfg.decoder, setup=False)
         self.vlm_cfg = cfg
         self.processor = processor
-        self.vision_encoder = HookedVisionEncoder(
-            cfg.vision, cfg.vision_feature_layer, cfg.vision_feature_select_strategy
+        self.vision_encoder = (
+            HookedPackedVisionEncoder(cfg.vision) if cfg.vision.packed
+            else HookedVisionEncoder(cfg.vision, cfg.vision_feature_layer, cfg.vision_feature_select_strategy)
         )
         self.vision_projector = build_projector(cfg.projector)
         # InstructBLIP: learned queries read the instruction and the vision features; the projector maps them.
@@ -118,7 +121,9 @@ class HookedVLM(HookedDecoder):
         models (LLaVA-NeXT, LLaVA-OneVision) tile images with their processor; ``image_grid``
         then tells base-view patches, tile patches and newline slots apart. InternVL takes
         ``"internvl"`` (its chat template); its processor cuts tiles plus a thumbnail, and
-        ``image_grid`` maps each pixel-shuffled token to its 2×2 patches' pixels.
+        ``image_grid`` maps each pixel-shuffled token to its 2×2 patches' pixels. Qwen2-VL and
+        Qwen2.5-VL take ``"qwen2_vl"``; their processor resizes each image within its pixel budget
+        and ``image_grid`` maps each 2×2-merged token to its pixels (``image_grid_thw`` is kept).
         """
         if self.processor is None or getattr(self.processor, "image_processor", None) is None:
             what = "no processor" if self.processor is None else f"a {type(self.processor).__name__} without an image processor"
@@ -147,6 +152,8 @@ class HookedVLM(HookedDecoder):
         qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
         qformer_attention_mask: Tensor | None = None,
         rerank_every_step: bool = False,
+        image_grid_thw: Int[Tensor, "n_img 3"] | None = None,
+        mm_token_type_ids: Tensor | None = None,
     ) -> Int[Tensor, "batch pos_plus_new"]:
         """Greedy decoding with a KV cache; returns the prompt followed by the new tokens.
 
@@ -158,7 +165,8 @@ class HookedVLM(HookedDecoder):
 
         Equal token for token to Hugging Face's greedy ``generate`` on the same checkpoint.
         ``fwd_hooks`` are active during prefill and every decoding step. ``eos_token_id`` and
-        ``pad_token_id`` default to the checkpoint's.
+        ``pad_token_id`` default to the checkpoint's. Qwen2-VL takes ``image_grid_thw`` (its
+        processor's ``mm_token_type_ids`` is accepted and not needed).
         """
         input_ids, pixel_values, attention_mask, image_sizes = _unpack(
             inputs, input_ids, pixel_values, attention_mask, image_sizes
@@ -174,7 +182,7 @@ class HookedVLM(HookedDecoder):
             pad_token_id=self.vlm_cfg.pad_token_id if pad_token_id is None else pad_token_id,
             prune=prune,
             image_sizes=image_sizes,
-            image_inputs=_qformer_inputs(inputs, qformer_input_ids, qformer_attention_mask),
+            image_inputs=_image_inputs(inputs, qformer_input_ids, qformer_attention_mask, image_grid_thw),
             rerank_every_step=rerank_every_step,
         )
 
@@ -185,6 +193,7 @@ class HookedVLM(HookedDecoder):
         *,
         qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
         qformer_attention_mask: Tensor | None = None,
+        image_grid_thw: Int[Tensor, "n_img 3"] | None = None,
     ) -> list[Float[Tensor, "n_tokens d_model"]]:
         """Vision encoder and projector: per image, the embeddings that replace its placeholders.
 
@@ -194,9 +203,13 @@ class HookedVLM(HookedDecoder):
         ``hook_image_embed`` then holds the projected features of every view, before tiles are
         un-padded (and, for OneVision, shrunk) and newline slots added. Tiled models (InternVL)
         take every image's tiles and thumbnail stacked, ``[n_views, 3, H, W]``, and return one
-        entry per view (the model concatenates them in order).
+        entry per view (the model concatenates them in order). Packed models (Qwen2-VL) take every
+        image's patches, ``[n_patches, d_patch]``, with ``image_grid_thw``.
         """
         pinpoints = self.vlm_cfg.image_grid_pinpoints
+        if self.vlm_cfg.vision.packed:
+            packed = self.encode_images(pixel_values, image_grid_thw=image_grid_thw)[0]
+            return list(packed.split(image_token_counts(image_grid_thw, self.vlm_cfg.vision.merge_size)))
         if pinpoints is None:
             return list(self.encode_images(
                 pixel_values, qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask
@@ -224,6 +237,7 @@ class HookedVLM(HookedDecoder):
         project: bool = True,
         qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
         qformer_attention_mask: Tensor | None = None,
+        image_grid_thw: Int[Tensor, "n_img 3"] | None = None,
     ) -> Float[Tensor, "n_views n_patch d_out"]:
         """Vision tower (and projector) on every view: no decoder runs.
 
@@ -236,6 +250,9 @@ class HookedVLM(HookedDecoder):
             qformer_input_ids: InstructBLIP's instruction in the Q-Former's vocabulary, one row per
                 image (its ``qformer_attention_mask`` marks padding); the Q-Former runs between the
                 tower and the projector when ``project``.
+            image_grid_thw: Packed models (Qwen2-VL): the patch grid of every image; ``pixel_values``
+                are then ``[n_patches, d_patch]`` and the result ``[1, n_patches or n_tokens, d]``
+                (all images in one sequence).
 
         Raises:
             MMLensError: 5-d anyres ``pixel_values`` without ``image_sizes``.
@@ -249,7 +266,8 @@ class HookedVLM(HookedDecoder):
             pinpoints, tile = self.vlm_cfg.image_grid_pinpoints, self.vlm_cfg.vision.image_size
             counts = [n_views(tuple(s), pinpoints, tile) for s in torch.as_tensor(image_sizes).tolist()]
             pixel_values = torch.cat([pv[:c] for pv, c in zip(pixel_values, counts)])
-        features = self.vision_encoder(pixel_values)
+        packed = {"image_grid_thw": image_grid_thw} if self.vlm_cfg.vision.packed else {}
+        features = self.vision_encoder(pixel_values, **packed)
         if not project:
             return features
         if self.qformer is not None:
@@ -265,6 +283,7 @@ class HookedVLM(HookedDecoder):
         decoding: bool = False,
         qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
         qformer_attention_mask: Tensor | None = None,
+        image_grid_thw: Int[Tensor, "n_img 3"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Token embeddings with image embeddings written into the image-placeholder slots.
 
@@ -282,7 +301,8 @@ class HookedVLM(HookedDecoder):
                 )
             return self.hook_merged_embed(embeds)
         images = self.embed_images(
-            pixel_values, image_sizes, qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask
+            pixel_values, image_sizes, qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask,
+            image_grid_thw=image_grid_thw,
         )
         counts = [len(e) for e in images]
         if n_slots != sum(counts):
@@ -302,7 +322,7 @@ class HookedVLM(HookedDecoder):
         attention_mask: Tensor | None = None,
         *,
         input_ids: Tensor | None = None,
-        position_ids: Int[Tensor, "batch pos"] | None = None,
+        position_ids: Int[Tensor, "*three batch pos"] | None = None,
         cache: KVCache | None = None,
         prune: Any = None,
         image_sizes: Tensor | None = None,
@@ -310,12 +330,19 @@ class HookedVLM(HookedDecoder):
         vision_stage: str | None = None,
         qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
         qformer_attention_mask: Tensor | None = None,
+        image_grid_thw: Int[Tensor, "n_img 3"] | None = None,
+        mm_token_type_ids: Tensor | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_grid_thw: Tensor | None = None,
     ) -> Float[Tensor, "batch kept_pos d_out"] | Float[Tensor, "n_views n_patch d_out"]:
         """Logits ``[batch, pos, d_vocab]``.
 
         Accepts ``model(inputs)`` with :class:`~mmlens.inputs.MMInputs` from :meth:`prepare`, or
         ``model(input_ids=..., pixel_values=..., attention_mask=...)``; InstructBLIP also takes
-        ``qformer_input_ids`` / ``qformer_attention_mask`` (the instruction in the Q-Former's vocabulary).
+        ``qformer_input_ids`` / ``qformer_attention_mask`` (the instruction in the Q-Former's vocabulary);
+        Qwen2-VL ``image_grid_thw`` (its processor's ``mm_token_type_ids`` is accepted and not needed:
+        image positions are the image tokens). M-RoPE positions (``[3, batch, pos]``) follow
+        Hugging Face's ``get_rope_index`` unless ``position_ids`` are given.
 
         ``prune`` takes a policy from :mod:`mmlens.pruning` (``Truncate``, ``FastV``, ``HiMAP``)
         or a plan made by its ``plan(n_layers)``, applied once at prefill. In ``drop`` mode the
@@ -335,10 +362,13 @@ class HookedVLM(HookedDecoder):
         Raises:
             MMLensError: an unknown ``vision_stage``, one without ``pixel_values``, or
                 ``stop_at_layer`` out of range.
+            UnsupportedArchitectureError: videos (Qwen2-VL's ``pixel_values_videos``): only images
+                are implemented.
         """
-        qformer_inputs = _qformer_inputs(inputs, qformer_input_ids, qformer_attention_mask)
+        refuse_videos(pixel_values_videos, video_grid_thw)
+        image_inputs = _image_inputs(inputs, qformer_input_ids, qformer_attention_mask, image_grid_thw)
         if vision_stage is not None:
-            return self._vision_only(inputs, pixel_values, image_sizes, vision_stage, qformer_inputs)
+            return self._vision_only(inputs, pixel_values, image_sizes, vision_stage, image_inputs)
         input_ids, pixel_values, attention_mask, image_sizes = _unpack(
             inputs, input_ids, pixel_values, attention_mask, image_sizes
         )
@@ -346,7 +376,9 @@ class HookedVLM(HookedDecoder):
         decoding = cache is not None and cache.has_past
         # Hooks built from token groups check them against the prompt (not against decoding steps).
         with nullcontext() if decoding else running_on(input_ids):
-            resid = self.merge(input_ids, pixel_values, image_sizes=image_sizes, decoding=decoding, **qformer_inputs)
+            resid = self.merge(input_ids, pixel_values, image_sizes=image_sizes, decoding=decoding, **image_inputs)
+            if position_ids is None and not decoding:
+                position_ids = multimodal_positions(self.vlm_cfg, input_ids, attention_mask, image_inputs["image_grid_thw"])
             plan = None if decoding else as_plan(prune, self.cfg.n_layers)
             image = input_ids == self.vlm_cfg.image_token_index
             newline = None if plan is None else self.newline_slots(input_ids, image_sizes)
@@ -354,7 +386,7 @@ class HookedVLM(HookedDecoder):
                                       newline=newline, stop_at_layer=stop_at_layer)
 
     def _vision_only(
-        self, inputs: Any, pixel_values: Tensor | None, image_sizes: Tensor | None, stage: str, qformer_inputs: dict
+        self, inputs: Any, pixel_values: Tensor | None, image_sizes: Tensor | None, stage: str, image_inputs: dict
     ) -> Tensor:
         """The ``vision_stage`` forward: :meth:`encode_images` on the inputs' pixels."""
         if stage not in VISION_STAGES:
@@ -364,7 +396,7 @@ class HookedVLM(HookedDecoder):
         if pixel_values is None:
             raise MMLensError("a vision-only run needs pixel_values: pass model(pixel_values=px, vision_stage=...) "
                               "or MMInputs that hold images.")
-        return self.encode_images(pixel_values, image_sizes, project=stage == "image_embed", **qformer_inputs)
+        return self.encode_images(pixel_values, image_sizes, project=stage == "image_embed", **image_inputs)
 
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
         """TransformerLens' ``run_with_cache``; a vision-only ``names_filter`` runs no decoder.
@@ -397,6 +429,14 @@ class HookedVLM(HookedDecoder):
         tower = all(n.startswith("vision_encoder.") for n in names)
         projector = all(n.startswith(("vision_encoder.", "vision_projector.")) or n == "hook_image_embed" for n in names)
         return "features" if tower else "image_embed" if projector else None
+
+    def rotary_positions(self, inputs: MMInputs) -> Int[Tensor, "*three batch pos"]:
+        """The rotary positions a forward on ``inputs`` uses: ``[batch, pos]`` counting from each
+        row's first real token, or for M-RoPE decoders (Qwen2-VL) ``[3, batch, pos]`` (temporal,
+        height, width; :func:`~mmlens.components.mrope.mrope_positions`). Code that reruns part of
+        a forward (knockout sweeps, patching) slices these along the last axis."""
+        mrope = multimodal_positions(self.vlm_cfg, inputs.input_ids, inputs.attention_mask, inputs.image_grid_thw)
+        return positions_from_mask(inputs.attention_mask) if mrope is None else mrope
 
     def newline_slots(
         self, input_ids: Int[Tensor, "batch pos"], image_sizes: Tensor | None = None
@@ -471,8 +511,11 @@ def _unpack(
     return input_ids, pixel_values, attention_mask, image_sizes
 
 
-def _qformer_inputs(inputs: MMInputs | Tensor | None, ids: Tensor | None, mask: Tensor | None) -> dict[str, Tensor | None]:
-    """The Q-Former's instruction (InstructBLIP) from :class:`MMInputs` or the keyword tensors."""
+def _image_inputs(
+    inputs: MMInputs | Tensor | None, ids: Tensor | None, mask: Tensor | None, grid_thw: Tensor | None
+) -> dict[str, Tensor | None]:
+    """The image inputs beyond ``pixel_values`` from :class:`MMInputs` or the keyword tensors: the
+    Q-Former's instruction (InstructBLIP) and the patch grid of every image (Qwen2-VL)."""
     if isinstance(inputs, MMInputs):
-        ids, mask = inputs.qformer_input_ids, inputs.qformer_attention_mask
-    return {"qformer_input_ids": ids, "qformer_attention_mask": mask}
+        ids, mask, grid_thw = inputs.qformer_input_ids, inputs.qformer_attention_mask, inputs.image_grid_thw
+    return {"qformer_input_ids": ids, "qformer_attention_mask": mask, "image_grid_thw": grid_thw}

@@ -207,6 +207,12 @@ def activation_patch(
     site = get_site(hook)
     if site.tower == "vision" and model.vlm_cfg.image_grid_pinpoints:
         raise MMLensError("vision-tower patching supports single-view models (LLaVA-1.5 style), not anyres tiling.")
+    if site.tower == "vision" and model.vlm_cfg.vision.packed:
+        raise MMLensError(
+            "vision-tower patching runs one copy of the image per patched column, but Qwen2-VL's tower packs all "
+            "images into one sequence: patch its image tokens in the decoder instead (hook='image_embed' or "
+            "'resid_pre' with positions='image')."
+        )
     n_layers = model.vlm_cfg.vision.n_layers if site.tower == "vision" else model.cfg.n_layers
     layers = check_layers(list(range(n_layers)) if layers is None else list(layers), n_layers, site)
     names = [site.hook(layer) for layer in layers]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from mmlens.inputs import MMInputs
-from mmlens.models.decoder import KVCache, build_mask, positions_from_mask
+from mmlens.models.decoder import KVCache, build_mask
 from mmlens.patching.errors import MisalignedInputsError
 from mmlens.patching.sites import Site
 
@@ -118,9 +118,10 @@ def decode_from(
     mask = base.inputs.attention_mask
     window, dtype = model.cfg.sliding_window, base.resid[layer].dtype
     key_valid = mask.bool().expand(m, -1)
-    positions = positions_from_mask(mask).expand(m, -1)
+    positions = model.rotary_positions(base.inputs)  # [batch, pos] or M-RoPE's [3, batch, pos]
+    positions = positions.expand(*positions.shape[:-2], m, -1)
     attention = build_mask(key_valid, key_valid.shape[1] - p0, window)
-    rotary = model.rotary(positions[:, p0:], dtype)
+    rotary = model.rotary(positions[..., p0:], dtype)
     x = base.resid[layer][:, p0:].expand(m, -1, -1) if resid is None else resid
     last = model.cfg.n_layers - 1
     # The last block matters only at the metric position: its other positions just need keys and
@@ -138,9 +139,9 @@ def decode_from(
         if split:
             block, k = model.blocks[last], at - p0
             pre = build_mask(key_valid[:, :at], k, window)
-            _, kv = block.attn(block.ln1(x[:, :k]), pre, model.rotary(positions[:, p0:at], dtype), past(last))
+            _, kv = block.attn(block.ln1(x[:, :k]), pre, model.rotary(positions[..., p0:at], dtype), past(last))
             query = build_mask(key_valid[:, : at + 1], 1, window)
-            x, _ = block(x[:, k : k + 1], query, model.rotary(positions[:, at : at + 1], dtype), kv)
+            x, _ = block(x[:, k : k + 1], query, model.rotary(positions[..., at : at + 1], dtype), kv)
             logits = model.unembed(model.ln_final(x))
         else:
             logits = model.unembed(model.ln_final(x[:, at - p0 : at - p0 + 1]))

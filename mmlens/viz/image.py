@@ -26,7 +26,7 @@ from matplotlib.image import AxesImage
 from PIL import Image
 
 from mmlens.errors import MMLensError
-from mmlens.geometry import BASE, TILE, AnyresGeometry, TiledGeometry, ViewGeometry
+from mmlens.geometry import BASE, TILE, AnyresGeometry, ResizedGeometry, TiledGeometry, ViewGeometry
 from mmlens.inputs import MMInputs
 
 # Which image positions ``position_heat_to_image`` paints (newline slots have no pixels).
@@ -59,11 +59,12 @@ def heat_to_image(inputs: MMInputs, heat: np.ndarray, row: int = 0) -> np.ndarra
     w, h = view.width, view.height
     xs = (np.arange(w) + 0.5) * view.scale_x - view.offset_x
     ys = (np.arange(h) + 0.5) * view.scale_y - view.offset_y
-    # A map coarser than the patch grid (InternVL's pixel-shuffled tokens) has cells of several patches.
-    n = heat.shape[0]
-    cell = view.patch * view.grid / n
-    cols = np.clip((xs // cell).astype(int), 0, n - 1)
-    rows = np.clip((ys // cell).astype(int), 0, n - 1)
+    # A map coarser than the patch grid (InternVL's pixel-shuffled tokens) has cells of several
+    # patches; Qwen2-VL's view (the resized image) need not be square.
+    extent_w, extent_h = view.extent if isinstance(view, ResizedGeometry) else (view.patch * view.grid,) * 2
+    n_rows, n_cols = heat.shape
+    cols = np.clip((xs // (extent_w / n_cols)).astype(int), 0, n_cols - 1)
+    rows = np.clip((ys // (extent_h / n_rows)).astype(int), 0, n_rows - 1)
     return heat[rows[:, None], cols[None, :]]
 
 
@@ -92,7 +93,7 @@ def position_heat_to_image(
         raise MMLensError(f"views must be one of {sorted(VIEW_KINDS)}, not {views!r}.")
     grid = inputs.image_grid
     view = grid.views[row]
-    if not isinstance(view, (AnyresGeometry, TiledGeometry)):
+    if not isinstance(view, (AnyresGeometry, TiledGeometry, ResizedGeometry)):
         return heat_to_image(inputs, patch_heat(inputs, values, row), row)
     chosen = torch.isin(grid.kind[row], torch.tensor(VIEW_KINDS[views])) & ~torch.isnan(grid.boxes[row]).any(-1)
     sel = chosen.nonzero().flatten()
@@ -251,7 +252,7 @@ def _fading(name: str, alpha: float, signed: bool) -> ListedColormap:
     return ListedColormap(colours, name=f"{name}_fading")
 
 
-def _single_view(inputs: MMInputs, row: int) -> ViewGeometry:
+def _single_view(inputs: MMInputs, row: int) -> ViewGeometry | ResizedGeometry:
     view = inputs.image_grid.views[row]
     if view is None:
         raise MMLensError(f"batch row {row} has no image: pick a row that holds one.")

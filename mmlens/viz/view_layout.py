@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from mmlens.errors import MMLensError
-from mmlens.geometry import BASE, NEWLINE, AnyresGeometry, ViewGeometry
+from mmlens.geometry import BASE, NEWLINE, AnyresGeometry, ResizedGeometry, ViewGeometry
 from mmlens.inputs import MMInputs
 
 PANEL_PX = 360  # longest side of a panel on screen (CSS pixels)
@@ -74,9 +74,16 @@ def image_layout(model, inputs: MMInputs, row: int, image: Image.Image | None) -
         raise MMLensError(f"batch row {row} has no image: pick a row that holds one.")
     anyres = isinstance(view, AnyresGeometry)
     base = view.base if anyres else view
+    if image is None and isinstance(view, ResizedGeometry):
+        raise MMLensError(
+            "Qwen2-VL's pixel values are packed patches, not a picture to draw: pass the original image "
+            "(image=...) to draw the view on."
+        )
     picture = _picture(model, inputs, row, base) if image is None else image.convert("RGB")
     w, h = base.width, base.height
-    base_extent = (0.0, 0.0, float(w), float(h)) if anyres else _view_extent(base)
+    # Qwen2-VL's resized image covers the whole original image; its tokens are drawn by their boxes.
+    whole = anyres or isinstance(view, ResizedGeometry)
+    base_extent = (0.0, 0.0, float(w), float(h)) if whole else _view_extent(base)
     extents = [base_extent] + ([(0.0, 0.0, w * (1 + GUTTER), float(h))] if anyres else [])
     names = ["base view", "tiles"] if anyres else ["image (as the model sees it)"]
     panels = [_panel(name, picture, ext, w, h, len(extents)) for name, ext in zip(names, extents)]
@@ -102,11 +109,11 @@ def image_layout(model, inputs: MMInputs, row: int, image: Image.Image | None) -
     return pos, panels
 
 
-def _image_position(grid, row: int, i: int, base: ViewGeometry, anyres: bool, extents: list) -> dict:
+def _image_position(grid, row: int, i: int, base: ViewGeometry | ResizedGeometry, anyres: bool, extents: list) -> dict:
     kind, r, c = int(grid.kind[row, i]), int(grid.row[row, i]), int(grid.col[row, i])
     if kind == NEWLINE:
         return {"k": "nl", "p": 1}
-    if kind == BASE and r >= 0:  # unclipped, so pad-to-square margins get their patches too
+    if kind == BASE and r >= 0 and isinstance(base, ViewGeometry):  # unclipped: pad-to-square margins get their patches too
         box = (
             (c * base.patch + base.offset_x) / base.scale_x,
             (r * base.patch + base.offset_y) / base.scale_y,
