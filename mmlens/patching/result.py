@@ -24,7 +24,8 @@ class PatchingResult(Result):
             run's metric, 0 = the corrupt run's. Denoising (clean activations into the corrupt
             run) reads "how much of the clean behaviour this site restores"; noising (corrupt
             activations into the clean run) reads "how much survives", 1 − value being the damage.
-        method: ``"activation"``, ``"attribution"`` or ``"path"``.
+        method: ``"activation"``, ``"path"`` or ``"attribution"`` (``"attribution (integrated, k
+            steps)"`` and ``"attribution (exact block)"`` for those estimates).
         hook: The patched site (``"resid_pre"``, ``"z"``, ...).
         axis: What the columns are: ``"position"``, ``"head"`` or ``"group"``.
         layers: The layer of each row.
@@ -55,7 +56,7 @@ class PatchingResult(Result):
     image: Any = field(default=None, repr=False)
 
     COLUMNS: ClassVar[dict[str, str]] = {
-        "method": "activation, attribution or path patching",
+        "method": "activation, path or attribution patching (with its estimate: integrated k steps, exact block)",
         "hook": "the patched site (resid_pre, attn_out, z, ...)",
         "direction": "denoise (clean into corrupt) or noise (corrupt into clean)",
         "metric": "name of the metric (logit_diff, prob, or the callable's name)",
