@@ -216,6 +216,8 @@ class VLMConfig:
         tiled_views: InternVL's dynamic tiling: the processor cuts each image into a grid of
             tiles plus a thumbnail (last) and the image's tokens are the views' tokens, one view
             after another; the model needs no layout, only the geometry does.
+        template: The prompt template (:mod:`mmlens.inputs.templates`) its checkpoints were
+            trained with, which ``prepare`` uses unless given another; each family's adapter sets it.
     """
 
     decoder: DecoderConfig
@@ -231,6 +233,7 @@ class VLMConfig:
     anyres_max_patches: int | None = None
     tiled_views: bool = False
     qformer: QFormerConfig | None = None
+    template: str = "vicuna_v1"
 
     @property
     def image_seq_length(self) -> int:

@@ -120,6 +120,7 @@ class InstructBlipAdapter:
         "vision_config", "qformer_config", "text_config", "num_query_tokens", "image_token_index",
         "image_token_id", "use_decoder_only_language_model", "initializer_factor",
     })
+    template = "instructblip"  # LAVIS: the query embeddings, then the instruction alone
 
     def config(self, hf_config: Any) -> VLMConfig:
         """Translate the config.
@@ -158,6 +159,7 @@ class InstructBlipAdapter:
             eos_token_id=_first(getattr(text, "eos_token_id", None)),
             pad_token_id=_first(getattr(text, "pad_token_id", None)),
             qformer=qformer,
+            template=self.template,
         )
 
     def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:

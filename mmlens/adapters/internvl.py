@@ -34,6 +34,7 @@ class InternVLAdapter:
         "text_config", "vision_config", "image_token_id", "image_seq_length", "downsample_ratio",
         "projector_hidden_act", "vision_feature_layer", "vision_feature_select_strategy", "tie_word_embeddings",
     })
+    template = "internvl"  # the OpenGVLab/InternVL*-hf chat template
 
     def config(self, hf_config: Any) -> VLMConfig:
         """Translate the config.
@@ -88,6 +89,7 @@ class InternVLAdapter:
             eos_token_id=_first(getattr(text, "eos_token_id", None)),
             pad_token_id=_first(getattr(text, "pad_token_id", None)),
             tiled_views=True,
+            template=self.template,
         )
 
     def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:

@@ -29,6 +29,8 @@ class LlavaAdapter:
         "projector_hidden_act", "vision_feature_select_strategy", "vision_feature_layer",
         "multimodal_projector_bias", "tie_word_embeddings",
     })
+    # The prompt template ``prepare`` uses by default (mmlens.inputs.templates): LLaVA-1.5's conversation.
+    template = "vicuna_v1"
 
     def config(self, hf_config: Any) -> VLMConfig:
         require_defaults(hf_config, self.fields, type(hf_config).__name__)
@@ -55,6 +57,7 @@ class LlavaAdapter:
             architecture="LlavaForConditionalGeneration",
             eos_token_id=_first(getattr(hf_config.text_config, "eos_token_id", None)),
             pad_token_id=_first(getattr(hf_config.text_config, "pad_token_id", None)),
+            template=self.template,
         )
 
     def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:

@@ -16,6 +16,10 @@ class LlavaNextAdapter(LlavaAdapter):
     """LLaVA-1.5's towers and projector plus anyres tiling and the learned ``image_newline``."""
 
     fields = LlavaAdapter.fields | {"image_grid_pinpoints"}
+    # The llava-hf short prompt: the chat template differs between NeXT checkpoints (Vicuna, Mistral,
+    # Llama-3; OneVision, which inherits this, Qwen2), so the family default is the one prompt with no
+    # model-specific tokens.
+    template = "llava_hf"
 
     def config(self, hf_config: Any) -> VLMConfig:
         pinpoints = tuple(tuple(int(v) for v in p) for p in hf_config.image_grid_pinpoints)

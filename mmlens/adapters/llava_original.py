@@ -34,6 +34,10 @@ from mmlens.errors import MMLensError, UnsupportedArchitectureError
 # Architecture → how the image enters the prompt: "v1" (LLaVA-1.x: <image> sentinel expanded by the
 # model) or "v0" (LLaVA-v0 / Shikra: the prompt holds one <im_patch> token per patch).
 ARCHITECTURES = {"LlavaLlamaForCausalLM": "v1", "ShikraLlamaForCausalLM": "v0"}
+# Architecture → the prompt template its checkpoints use (mmlens.inputs.templates); LLaVA-1.x
+# checkpoints with mm_use_im_start_end wrap the image in <im_start>/<im_end> (IM_START_END_TEMPLATE).
+TEMPLATES = {"LlavaLlamaForCausalLM": "vicuna_v1", "ShikraLlamaForCausalLM": "shikra"}
+IM_START_END_TEMPLATE = "vicuna_v1_im_start_end"
 
 # Config fields this module translates or checks (the Llama fields go to a LlamaConfig).
 TRANSLATED = frozenset({
@@ -67,6 +71,7 @@ class Translated:
         hf_state: Weights under ``LlavaForConditionalGeneration`` (``LlavaNext…``) names.
         projector_kind: ``"mlp"`` or ``"linear"`` (which ``LlavaConfig`` cannot express).
         architecture: The original class name.
+        template: The prompt template its checkpoints use (``TEMPLATES``).
         processor: Tokenizer and CLIP image processor (a bare tokenizer without the latter;
             None without a tokenizer).
     """
@@ -75,6 +80,7 @@ class Translated:
     hf_state: StateDict
     projector_kind: str
     architecture: str
+    template: str
     processor: Any
 
 
@@ -156,7 +162,10 @@ def translate(path: str | Path, vision_tower: str | Path | None = None) -> Trans
     tower = clip_tower_weights(read_state_dict(clip_dir))
     state = _hf_state(read_state_dict(path), kind, tower, n_added, arch, anyres)
     processor = _processor(tokenizer, clip_dir, image_token, vision, select, hf_config)
-    return Translated(hf_config, state, kind, arch, processor)
+    template = TEMPLATES[arch]
+    if template == "vicuna_v1" and raw.get("mm_use_im_start_end"):
+        template = IM_START_END_TEMPLATE
+    return Translated(hf_config, state, kind, arch, template, processor)
 
 
 def load_original(
@@ -166,7 +175,8 @@ def load_original(
     t = translate(path, vision_tower)
     adapter = lookup(VLM_ADAPTERS, _hf_class(t.hf_config).__name__, "architecture")
     cfg = adapter.config(t.hf_config)
-    cfg = replace(cfg, projector=replace(cfg.projector, kind=t.projector_kind), architecture=t.architecture)
+    cfg = replace(cfg, projector=replace(cfg.projector, kind=t.projector_kind), architecture=t.architecture,
+                  template=t.template)
     state = {k: v.detach().to(dtype) for k, v in adapter.weights(t.hf_state, cfg).items()}
     return cfg, state, t.processor if with_processor else None
 

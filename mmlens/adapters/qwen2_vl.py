@@ -156,6 +156,7 @@ class Qwen2VLAdapter:
     vision_adapter = "qwen2_vl"
     merger_norm = "LN"
     architecture = "Qwen2VLForConditionalGeneration"
+    template = "qwen2_vl"  # the Qwen/Qwen2-VL-*-Instruct chat template (also Qwen2.5-VL's)
 
     def config(self, hf_config: Any) -> VLMConfig:
         """Translate the config.
@@ -187,6 +188,7 @@ class Qwen2VLAdapter:
             architecture=self.architecture,
             eos_token_id=_first(getattr(text, "eos_token_id", None)),
             pad_token_id=_first(getattr(text, "pad_token_id", None)),
+            template=self.template,
         )
 
     def weights(self, hf_state: StateDict, cfg: VLMConfig) -> StateDict:

@@ -226,7 +226,7 @@ def prepare(
     images: Any,
     text: str | PromptText | Sequence[str | PromptText],
     *,
-    template: str | Template | None = "vicuna_v1",
+    template: str | Template | None = "auto",
     mark: Mapping[str, str | Sequence[str | None]] | None = None,
 ) -> MMInputs:
     """Build model inputs for one image per prompt.
@@ -243,7 +243,9 @@ def prepare(
             full prompt that must contain the tokenizer's image token once. A
             :class:`~mmlens.prompts.PromptText` (from the task prompt builders) also marks the
             question, options and other spans as groups.
-        template: A registered template name or a :class:`Template`.
+        template: A registered template name or a :class:`Template`; ``"auto"`` (default): the
+            one the model's family uses (``cfg.template``: ``vicuna_v1`` for LLaVA-1.5,
+            ``llava_hf`` for LLaVA-NeXT/OneVision, ``internvl``, ``qwen2_vl``, ``instructblip``…).
         mark: Extra groups: name → substring of the question (or one per row) whose tokens
             form the group, e.g. ``{"true_option": "red", "false_option": "blue"}``.
 
@@ -261,7 +263,7 @@ def prepare(
         raise MMLensError(f"got {len(images)} images for {len(texts)} prompts: give one image per prompt.")
     tok = processor.tokenizer
     image_token = getattr(processor, "image_token", None) or getattr(tok, "image_token", "<image>")
-    tmpl = None if template is None else get_template(template)
+    tmpl = None if template is None else get_template(template, cfg.template)
     mode = tmpl.image_mode if tmpl is not None else "crop"
     pixels = process_images(processor.image_processor, cfg, images, mode)
     prompts, spans, extra = [], [], []
@@ -296,8 +298,13 @@ def prepare(
         enc = tok(prompts, return_tensors="pt", padding=True, return_offsets_mapping=True)
     finally:
         tok.padding_side = side
-    offsets = enc["offset_mapping"]
-    groups = standard_groups(enc["input_ids"], enc["attention_mask"], cfg.image_token_index, span_mask(offsets, spans))
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    moved = None
+    if tmpl is not None and tmpl.image_before_bos:
+        ids, offsets, moved = _image_before_bos(ids, offsets, enc["attention_mask"], cfg.image_token_index)
+    groups = standard_groups(ids, enc["attention_mask"], cfg.image_token_index, span_mask(offsets, spans))
+    if moved is not None:  # the <s> after the image is the prompt's preamble: the system group, as before the image
+        groups["system"], groups["user"] = groups["system"] | moved, groups["user"] & ~moved
     if tmpl is not None and (tmpl.image_open or tmpl.image_close):
         # <im_start> / <im_end> are in no standard group, only in their own (Template.image_open).
         delimiters = [tmpl.delimiter_spans(p, image_token) for p in prompts]
@@ -312,10 +319,28 @@ def prepare(
     for name, sub in (mark or {}).items():
         subs = [sub] * len(texts) if isinstance(sub, str) else list(sub)
         groups[name] = span_mask(offsets, [_find(p, s, q) for p, s, q in zip(prompts, subs, spans)])
-    grid = _grid(enc["input_ids"], cfg.image_token_index, pixels)
+    grid = _grid(ids, cfg.image_token_index, pixels)
     qformer = _qformer_text(processor, texts, image_token)
-    return MMInputs(enc["input_ids"], enc["attention_mask"], pixels.pixel_values, TokenGroups.of(enc["input_ids"], groups), grid,
+    return MMInputs(ids, enc["attention_mask"], pixels.pixel_values, TokenGroups.of(ids, groups), grid,
                     tuple(prompts), pixels.image_sizes, **qformer, image_grid_thw=pixels.image_grid_thw)
+
+
+def _image_before_bos(
+    ids: Int[Tensor, "batch pos"], offsets: Int[Tensor, "batch pos 2"], mask: Tensor, image_token_index: int
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos 2"], Bool[Tensor, "batch pos"]]:
+    """Move the token the tokenizer writes first (``<s>``) after the image tokens that follow it,
+    as InstructBLIP's processor orders a prompt (queries, ``<s>``, instruction); a row that does
+    not start with one token and then image tokens is left as it is. Also returns where the moved
+    tokens now are."""
+    ids, offsets, moved = ids.clone(), offsets.clone(), torch.zeros_like(ids, dtype=torch.bool)
+    for r in range(ids.shape[0]):
+        first = int(mask[r].nonzero()[0])
+        n = int((ids[r, first + 1 :] == image_token_index).int().cumprod(0).sum())  # image tokens right after it
+        if n and int(ids[r, first]) != image_token_index:
+            span = slice(first, first + n + 1)
+            ids[r, span], offsets[r, span] = ids[r, span].roll(-1), offsets[r, span].roll(-1, dims=0)
+            moved[r, first + n] = True
+    return ids, offsets, moved
 
 
 def _qformer_text(processor: Any, texts: Sequence[str | PromptText], image_token: str) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ from mmlens.inputs.mm_inputs import MMInputs
 from mmlens.inputs.templates import get_template
 
 
-def sample_inputs(model, sample: Sample, template: str = "vicuna_v1") -> MMInputs:
+def sample_inputs(model, sample: Sample, template: str = "auto") -> MMInputs:
     """Prepare one sample, adding the groups the papers' studies use.
 
     Benchmark samples (from :mod:`mmlens.data.readers`) get their task prompt (suffix, options),
@@ -19,6 +19,7 @@ def sample_inputs(model, sample: Sample, template: str = "vicuna_v1") -> MMInput
     are asked their question alone. Added groups: ``related`` (image patches overlapping any box
     of the objects the question names), ``other`` (the remaining image positions; padding patches
     count as other), and ``true_option`` / ``false_option`` when the options occur in the question.
+    ``template="auto"`` is the model family's template (see :func:`~mmlens.inputs.prepare`).
     """
     if sample.meta.get("reader"):  # a benchmark sample: its task prompt marks the groups
         inputs = model.prepare(sample.load_image(), build_prompt(sample), template=template)
@@ -61,10 +62,10 @@ def score(sample: Sample, prediction: str) -> float:
     return float(metrics.exact_match(prediction, sample.answer))
 
 
-def answer_without_image(model, sample: Sample, template: str = "vicuna_v1", max_new_tokens: int = 4) -> str:
+def answer_without_image(model, sample: Sample, template: str = "auto", max_new_tokens: int = 4) -> str:
     """The greedy answer to the same prompt with the image removed (the pseudo-multimodal filter of "Unraveling the Shift" App. B)."""
     tok = model.processor.tokenizer
-    prompt, _ = get_template(template).render(sample.question, "")
+    prompt, _ = get_template(template, model.vlm_cfg.template).render(sample.question, "")
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens)
     return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

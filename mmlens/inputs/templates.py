@@ -7,6 +7,12 @@ checkpoint, without a system turn), ``vicuna_v1_im_start_end`` (LLaVA-1.x checkp
 ``mm_use_im_start_end``), ``shikra`` (Shikra as the "From Redundancy to Relevance" code prompts
 it), ``internvl`` (the InternVL-hf chat template) and ``qwen2_vl`` (the Qwen2-VL / Qwen2.5-VL
 chat template, with its default system turn). Templates hold no BOS: the tokenizer adds it.
+
+``template="auto"`` (``AUTO``, the default of ``prepare``) takes the template of the model's
+family, ``VLMConfig.template``, which the family's adapter sets: ``vicuna_v1`` for LLaVA-1.5,
+``llava_hf`` for LLaVA-NeXT and LLaVA-OneVision, ``internvl``, ``qwen2_vl``, ``instructblip``, and
+for the original LLaVA layout ``vicuna_v1`` (``vicuna_v1_im_start_end`` with
+``mm_use_im_start_end``) or ``shikra``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class Template:
         image_open: Text written right before the image tokens (``<im_start>``); its tokens form
             the ``image_start`` group and no standard group.
         image_close: Text written right after them (``<im_end>``): the ``image_end`` group.
+        image_before_bos: The image tokens come before the tokenizer's ``<s>`` (InstructBLIP: LAVIS
+            and Hugging Face put the query tokens first, then ``<s>`` and the instruction).
     """
 
     name: str
@@ -53,6 +61,7 @@ class Template:
     image_mode: str
     image_open: str = ""
     image_close: str = ""
+    image_before_bos: bool = False
 
     def render(self, question: str, image_token: str) -> tuple[str, tuple[int, int]]:
         """The prompt and the character span of the question inside it."""
@@ -88,11 +97,11 @@ TEMPLATES: dict[str, Template] = {
         # Shikra in the "From Redundancy to Relevance" code: the system sentence runs straight into
         # "USER:", and the CLIP processor resizes and centre-crops.
         Template("shikra", "{system}USER: {image} {question} ASSISTANT:", LLAVA_SYSTEM, "crop", "<im_start>", "<im_end>"),
-        # The OpenGVLab/InternVL*-hf chat template (no system turn); the processor wraps the image
-        # tokens in <img>…</img>. Images are tiled by the processor (image_mode is not used).
         # InstructBLIP (LAVIS): the query embeddings, then the instruction alone; the BLIP image
         # processor resizes to the tower's square (crop geometry is exact for square images).
-        Template("instructblip", "{image}{question}", "", "crop"),
+        Template("instructblip", "{image}{question}", "", "crop", image_before_bos=True),
+        # The OpenGVLab/InternVL*-hf chat template (no system turn); the processor wraps the image
+        # tokens in <img>…</img>. Images are tiled by the processor (image_mode is not used).
         Template("internvl", "<|im_start|>user\n{image}\n{question}<|im_end|>\n<|im_start|>assistant\n", "", "crop",
                  "<img>", "</img>"),
         # The Qwen2-VL / Qwen2.5-VL chat template: default system turn, image tokens between
@@ -104,10 +113,29 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
-def get_template(template: str | Template) -> Template:
-    """A registered template by name (or the template itself)."""
+AUTO = "auto"
+"""``template=AUTO``: the template of the model's family (``VLMConfig.template``)."""
+
+
+def get_template(template: str | Template, family: str | None = None) -> Template:
+    """A registered template by name (or the template itself).
+
+    Args:
+        template: A registered name, a :class:`Template`, or ``"auto"``.
+        family: The template ``"auto"`` stands for (``VLMConfig.template``).
+
+    Raises:
+        UnknownNameError: an unregistered name, or ``"auto"`` without a ``family``.
+    """
     if isinstance(template, Template):
         return template
+    if template == AUTO:
+        if family is None:
+            raise UnknownNameError(
+                "template='auto' takes the model family's template, but no model config was given: "
+                f"name a template instead, one of {sorted(TEMPLATES)}."
+            )
+        template = family
     try:
         return TEMPLATES[template]
     except KeyError:

@@ -85,14 +85,14 @@ class TransformerLensCompat:
             )
         return tok
 
-    def to_tokens(self, input: Any, image: Any = None, *, template: str = "vicuna_v1") -> MMInputs | Tensor:
+    def to_tokens(self, input: Any, image: Any = None, *, template: str = "auto") -> MMInputs | Tensor:
         """The "tokens" of a prompt, as TransformerLens' ``to_tokens``.
 
         Args:
             input: Text (or a list of texts), an :class:`~mmlens.inputs.MMInputs` (returned as
                 is) or a dataset :class:`~mmlens.data.sample.Sample` (prepared with ``template``).
             image: The image(s) of the text; with one, the result is ``model.prepare(image, input)``.
-            template: Prompt template for images and samples.
+            template: Prompt template for images and samples; ``"auto"``: the model family's.
 
         Returns:
             :class:`~mmlens.inputs.MMInputs` (an image, a sample) or ``[batch, pos]`` token ids
@@ -114,7 +114,7 @@ class TransformerLensCompat:
         texts = [input] if isinstance(input, str) else list(input)
         return tok(texts, return_tensors="pt", padding=True)["input_ids"]
 
-    def to_str_tokens(self, input: Any, image: Any = None, *, template: str = "vicuna_v1") -> list[str] | list[list[str]]:
+    def to_str_tokens(self, input: Any, image: Any = None, *, template: str = "auto") -> list[str] | list[list[str]]:
         """Token strings of a prompt (image tokens appear as the image placeholder token).
 
         Args:

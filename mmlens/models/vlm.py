@@ -7,39 +7,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from mmlens.adapters import load_checkpoint
 from mmlens.components.pixel_shuffle import build_projector
 from mmlens.config import VLMConfig
-from mmlens.errors import ImageTokenMismatchError, InvalidInputError, MMLensError, ProcessorUnavailableError
-from mmlens.geometry import n_views
+from mmlens.errors import ImageTokenMismatchError, ProcessorUnavailableError
 from mmlens.hooks import HookPoint
 from mmlens.inputs import MMInputs, prepare
 from mmlens.inputs.tokens import running_on
-from mmlens.models.checks import check_attention_mask, check_pixel_values, check_token_ids
-from mmlens.models.anyres import pack_image
+from mmlens.models.checks import check_token_ids
 from mmlens.models.decoder import HookedDecoder, KVCache, as_plan, positions_from_mask
 from mmlens.models.generate import greedy_generate
+from mmlens.models.mrope_inputs import multimodal_positions, refuse_videos
+from mmlens.models.packed_vision_encoder import HookedPackedVisionEncoder
+from mmlens.models.placement import place
 from mmlens.models.qformer import HookedQFormer
 from mmlens.models.qformer_geometry import with_query_geometry
-from mmlens.models.packed_vision_encoder import HookedPackedVisionEncoder
-from mmlens.models.mrope_inputs import image_token_counts, multimodal_positions, refuse_videos
-from mmlens.models.placement import execution_device, place
 from mmlens.models.vision_encoder import HookedVisionEncoder
+from mmlens.models.vlm_inputs import extra_image_inputs, unpack_inputs
+from mmlens.models.vlm_vision import VISION_STAGES, VisionPath
+
+__all__ = ["VISION_STAGES", "HookedVLM"]
 
 
-VISION_STAGES = ("features", "image_embed")
-"""Where a vision-only forward stops: after the tower, or after the projector."""
-
-
-class HookedVLM(HookedDecoder):
+class HookedVLM(VisionPath, HookedDecoder):
     """A LLaVA-style vision-language model with TransformerLens hooks on all three towers.
 
     Decoder hooks carry TransformerLens' names verbatim (``blocks.3.attn.hook_pattern``); the
     vision tower's are prefixed ``vision_encoder.``, the projector's ``vision_projector.``; the
     joins are ``vision_encoder.hook_features``, ``hook_image_embed`` and ``hook_merged_embed``.
+    The image side (``encode_images``, ``embed_images``, ``newline_slots``) comes from
+    :class:`~mmlens.models.vlm_vision.VisionPath`.
 
     Example:
         >>> model = HookedVLM.from_pretrained("shapes-llava")  # doctest: +SKIP
@@ -112,17 +112,19 @@ class HookedVLM(HookedDecoder):
         model.processor = processor if processor is not None else found_processor
         return place(model, device, device_map, max_memory, offload_folder)
 
-    def prepare(self, images: Any, text: Any, *, template: Any = "vicuna_v1", mark: Any = None) -> MMInputs:
+    def prepare(self, images: Any, text: Any, *, template: Any = "auto", mark: Any = None) -> MMInputs:
         """Images and questions → :class:`~mmlens.inputs.MMInputs` (tensors, ``groups``, ``image_grid``).
 
-        Uses the checkpoint's own processor and tokenizer. Templates: ``"vicuna_v1"`` (LLaVA-1.5
-        with its system sentence, images padded to square with the processor's mean colour) and
-        ``"llava_hf"`` (short prompt, centre crop); ``template=None`` takes full prompts. Anyres
+        Uses the checkpoint's own processor and tokenizer. ``template="auto"`` takes the one the
+        model's family uses (``vlm_cfg.template``, set by its adapter); a name overrides it.
+        Templates: ``"vicuna_v1"`` (LLaVA-1.5 with its system sentence, images padded to square
+        with the processor's mean colour) and ``"llava_hf"`` (short prompt, centre crop; the
+        LLaVA-NeXT/OneVision default); ``template=None`` takes full prompts. Anyres
         models (LLaVA-NeXT, LLaVA-OneVision) tile images with their processor; ``image_grid``
-        then tells base-view patches, tile patches and newline slots apart. InternVL takes
+        then tells base-view patches, tile patches and newline slots apart. InternVL defaults to
         ``"internvl"`` (its chat template); its processor cuts tiles plus a thumbnail, and
         ``image_grid`` maps each pixel-shuffled token to its 2×2 patches' pixels. Qwen2-VL and
-        Qwen2.5-VL take ``"qwen2_vl"``; their processor resizes each image within its pixel budget
+        Qwen2.5-VL default to ``"qwen2_vl"``; their processor resizes each image within its pixel budget
         and ``image_grid`` maps each 2×2-merged token to its pixels (``image_grid_thw`` is kept).
         """
         if self.processor is None or getattr(self.processor, "image_processor", None) is None:
@@ -168,7 +170,7 @@ class HookedVLM(HookedDecoder):
         ``pad_token_id`` default to the checkpoint's. Qwen2-VL takes ``image_grid_thw`` (its
         processor's ``mm_token_type_ids`` is accepted and not needed).
         """
-        input_ids, pixel_values, attention_mask, image_sizes = _unpack(
+        input_ids, pixel_values, attention_mask, image_sizes = unpack_inputs(
             inputs, input_ids, pixel_values, attention_mask, image_sizes
         )
         return greedy_generate(
@@ -182,97 +184,10 @@ class HookedVLM(HookedDecoder):
             pad_token_id=self.vlm_cfg.pad_token_id if pad_token_id is None else pad_token_id,
             prune=prune,
             image_sizes=image_sizes,
-            image_inputs=_image_inputs(inputs, qformer_input_ids, qformer_attention_mask, image_grid_thw),
+            image_inputs=extra_image_inputs(inputs, qformer_input_ids, qformer_attention_mask, image_grid_thw),
             rerank_every_step=rerank_every_step,
         )
 
-    def embed_images(
-        self,
-        pixel_values: Tensor,
-        image_sizes: Tensor | None = None,
-        *,
-        qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
-        qformer_attention_mask: Tensor | None = None,
-        image_grid_thw: Int[Tensor, "n_img 3"] | None = None,
-    ) -> list[Float[Tensor, "n_tokens d_model"]]:
-        """Vision encoder and projector: per image, the embeddings that replace its placeholders.
-
-        Single-view models take ``pixel_values`` ``[n_img, 3, H, W]``. Anyres models (LLaVA-NeXT,
-        LLaVA-OneVision) take ``[n_img, max_views, 3, H, W]`` (or the views stacked,
-        ``[n_views, 3, H, W]``) with ``image_sizes`` ``[n_img, 2]`` as (height, width);
-        ``hook_image_embed`` then holds the projected features of every view, before tiles are
-        un-padded (and, for OneVision, shrunk) and newline slots added. Tiled models (InternVL)
-        take every image's tiles and thumbnail stacked, ``[n_views, 3, H, W]``, and return one
-        entry per view (the model concatenates them in order). Packed models (Qwen2-VL) take every
-        image's patches, ``[n_patches, d_patch]``, with ``image_grid_thw``.
-        """
-        pinpoints = self.vlm_cfg.image_grid_pinpoints
-        if self.vlm_cfg.vision.packed:
-            packed = self.encode_images(pixel_values, image_grid_thw=image_grid_thw)[0]
-            return list(packed.split(image_token_counts(image_grid_thw, self.vlm_cfg.vision.merge_size)))
-        if pinpoints is None:
-            return list(self.encode_images(
-                pixel_values, qformer_input_ids=qformer_input_ids, qformer_attention_mask=qformer_attention_mask
-            ))
-        if image_sizes is None:
-            raise MMLensError(
-                "anyres models (LLaVA-NeXT, LLaVA-OneVision) need image_sizes (height, width) for each "
-                "image: use model.prepare, or pass the processor's image_sizes."
-            )
-        tile = self.vlm_cfg.vision.image_size
-        sizes = [tuple(s) for s in torch.as_tensor(image_sizes).tolist()]
-        counts = [n_views(size, pinpoints, tile) for size in sizes]
-        views = self.encode_images(pixel_values, image_sizes)
-        max_patches = self.vlm_cfg.anyres_max_patches
-        return [
-            pack_image(v, size, pinpoints, tile, self.image_newline, max_patches)
-            for v, size in zip(views.split(counts), sizes)
-        ]
-
-    def encode_images(
-        self,
-        pixel_values: Tensor,
-        image_sizes: Tensor | None = None,
-        *,
-        project: bool = True,
-        qformer_input_ids: Int[Tensor, "batch q_pos"] | None = None,
-        qformer_attention_mask: Tensor | None = None,
-        image_grid_thw: Int[Tensor, "n_img 3"] | None = None,
-    ) -> Float[Tensor, "n_views n_patch d_out"]:
-        """Vision tower (and projector) on every view: no decoder runs.
-
-        Args:
-            pixel_values: ``[n_img, 3, H, W]``; anyres ``[n_img, max_views, 3, H, W]`` (padding
-                views are dropped using ``image_sizes``) or the views stacked, ``[n_views, 3, H, W]``.
-            image_sizes: ``[n_img, 2]`` (height, width), needed for 5-d anyres ``pixel_values``.
-            project: Return ``hook_image_embed`` (``d_out = d_model``); False: the tower's
-                ``vision_encoder.hook_features`` (what the projector consumes).
-            qformer_input_ids: InstructBLIP's instruction in the Q-Former's vocabulary, one row per
-                image (its ``qformer_attention_mask`` marks padding); the Q-Former runs between the
-                tower and the projector when ``project``.
-            image_grid_thw: Packed models (Qwen2-VL): the patch grid of every image; ``pixel_values``
-                are then ``[n_patches, d_patch]`` and the result ``[1, n_patches or n_tokens, d]``
-                (all images in one sequence).
-
-        Raises:
-            MMLensError: 5-d anyres ``pixel_values`` without ``image_sizes``.
-        """
-        if pixel_values.dim() == 5:
-            if image_sizes is None:
-                raise MMLensError(
-                    "5-d anyres pixel_values [n_img, max_views, 3, H, W] need image_sizes (height, width) to "
-                    "drop the padding views: pass the processor's image_sizes, or the views stacked [n_views, 3, H, W]."
-                )
-            pinpoints, tile = self.vlm_cfg.image_grid_pinpoints, self.vlm_cfg.vision.image_size
-            counts = [n_views(tuple(s), pinpoints, tile) for s in torch.as_tensor(image_sizes).tolist()]
-            pixel_values = torch.cat([pv[:c] for pv, c in zip(pixel_values, counts)])
-        packed = {"image_grid_thw": image_grid_thw} if self.vlm_cfg.vision.packed else {}
-        features = self.vision_encoder(pixel_values, **packed)
-        if not project:
-            return features
-        if self.qformer is not None:
-            features = self.qformer(features, qformer_input_ids, qformer_attention_mask)
-        return self.hook_image_embed(self.vision_projector(features))
 
     def merge(
         self,
@@ -366,10 +281,10 @@ class HookedVLM(HookedDecoder):
                 are implemented.
         """
         refuse_videos(pixel_values_videos, video_grid_thw)
-        image_inputs = _image_inputs(inputs, qformer_input_ids, qformer_attention_mask, image_grid_thw)
+        image_inputs = extra_image_inputs(inputs, qformer_input_ids, qformer_attention_mask, image_grid_thw)
         if vision_stage is not None:
             return self._vision_only(inputs, pixel_values, image_sizes, vision_stage, image_inputs)
-        input_ids, pixel_values, attention_mask, image_sizes = _unpack(
+        input_ids, pixel_values, attention_mask, image_sizes = unpack_inputs(
             inputs, input_ids, pixel_values, attention_mask, image_sizes
         )
         check_token_ids(input_ids, self.cfg.d_vocab)
@@ -384,19 +299,6 @@ class HookedVLM(HookedDecoder):
             newline = None if plan is None else self.newline_slots(input_ids, image_sizes)
             return self.decode_blocks(resid, attention_mask, position_ids, cache, plan=plan, image=image,
                                       newline=newline, stop_at_layer=stop_at_layer)
-
-    def _vision_only(
-        self, inputs: Any, pixel_values: Tensor | None, image_sizes: Tensor | None, stage: str, image_inputs: dict
-    ) -> Tensor:
-        """The ``vision_stage`` forward: :meth:`encode_images` on the inputs' pixels."""
-        if stage not in VISION_STAGES:
-            raise MMLensError(f"vision_stage takes one of {VISION_STAGES}, not {stage!r}.")
-        if isinstance(inputs, MMInputs):
-            pixel_values, image_sizes = inputs.pixel_values, inputs.image_sizes
-        if pixel_values is None:
-            raise MMLensError("a vision-only run needs pixel_values: pass model(pixel_values=px, vision_stage=...) "
-                              "or MMInputs that hold images.")
-        return self.encode_images(pixel_values, image_sizes, project=stage == "image_embed", **image_inputs)
 
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
         """TransformerLens' ``run_with_cache``; a vision-only ``names_filter`` runs no decoder.
@@ -413,23 +315,6 @@ class HookedVLM(HookedDecoder):
             kwargs["vision_stage"] = stage
         return super().run_with_cache(*model_args, return_cache_object=return_cache_object, **kwargs)
 
-    def vision_stage_for(self, names_filter: Any) -> str | None:
-        """The last stage a names filter needs when it selects only vision hooks: ``"features"``
-        (tower hooks only), ``"image_embed"`` (projector or ``hook_image_embed`` too); else None."""
-        if names_filter is None:
-            return None
-        if isinstance(names_filter, str):
-            names = [names_filter]
-        elif isinstance(names_filter, (list, tuple)):
-            names = list(names_filter)
-        else:
-            names = [n for n in self.hook_dict if names_filter(n)]
-        if not names:
-            return None
-        tower = all(n.startswith("vision_encoder.") for n in names)
-        projector = all(n.startswith(("vision_encoder.", "vision_projector.")) or n == "hook_image_embed" for n in names)
-        return "features" if tower else "image_embed" if projector else None
-
     def rotary_positions(self, inputs: MMInputs) -> Int[Tensor, "*three batch pos"]:
         """The rotary positions a forward on ``inputs`` uses: ``[batch, pos]`` counting from each
         row's first real token, or for M-RoPE decoders (Qwen2-VL) ``[3, batch, pos]`` (temporal,
@@ -437,85 +322,3 @@ class HookedVLM(HookedDecoder):
         a forward (knockout sweeps, patching) slices these along the last axis."""
         mrope = multimodal_positions(self.vlm_cfg, inputs.input_ids, inputs.attention_mask, inputs.image_grid_thw)
         return positions_from_mask(inputs.attention_mask) if mrope is None else mrope
-
-    def newline_slots(
-        self, input_ids: Int[Tensor, "batch pos"], image_sizes: Tensor | None = None
-    ) -> Bool[Tensor, "batch pos"]:
-        """The anyres ``image_newline`` positions of a prompt (none for single-view models).
-
-        Laid out by the same :func:`~mmlens.models.anyres.pack_image` that fills the image slots,
-        run on an indicator instead of features, so no vision tower runs.
-
-        Args:
-            input_ids: Prompts whose image placeholders are expanded, one image after another.
-            image_sizes: ``[n_img, 2]`` (height, width) of each image (anyres models).
-        """
-        image = input_ids == self.vlm_cfg.image_token_index
-        out = torch.zeros_like(image)
-        pinpoints = self.vlm_cfg.image_grid_pinpoints
-        if pinpoints is None or image_sizes is None or not bool(image.any()):
-            return out
-        tile, per_view = self.vlm_cfg.vision.image_size, self.vlm_cfg.image_seq_length
-        flags = []
-        for size in torch.as_tensor(image_sizes).tolist():
-            views = torch.zeros(n_views(size, pinpoints, tile), per_view, 1)
-            packed = pack_image(views, size, pinpoints, tile, torch.ones(1), self.vlm_cfg.anyres_max_patches)
-            flags.append(packed[:, 0] > 0.5)
-        flags = torch.cat(flags).to(image.device)
-        if flags.numel() != int(image.sum()):
-            raise ImageTokenMismatchError(
-                f"the prompt has {int(image.sum())} image tokens but images of sizes {image_sizes} need "
-                f"{flags.numel()}: build prompts with model.prepare() or the checkpoint's processor."
-            )
-        out[image] = flags
-        return out
-
-
-def _unpack(
-    inputs: Any,
-    input_ids: Any,
-    pixel_values: Any,
-    attention_mask: Any,
-    image_sizes: Tensor | None,
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """``(input_ids, pixel_values, attention_mask, image_sizes)`` from :class:`MMInputs`, a
-    positional ``input_ids`` tensor, or the keyword tensors.
-
-    Raises:
-        InvalidInputError: no ``input_ids`` in any form (also when ``pixel_values`` were given), or
-            tensors of the wrong kind, rank or dtype.
-    """
-    if isinstance(inputs, MMInputs):
-        return inputs.input_ids, inputs.pixel_values, inputs.attention_mask, inputs.image_sizes
-    if inputs is not None and input_ids is not None:
-        raise InvalidInputError("input_ids given twice (positionally and as input_ids=): pass it once.")
-    if inputs is not None:
-        input_ids = inputs
-    if input_ids is None and pixel_values is not None:
-        raise InvalidInputError(
-            "no input_ids: pixel_values were given without input_ids, but the model also needs the prompt's token ids, with "
-            "one image token per image feature; model.prepare(images, text) makes both."
-        )
-    if input_ids is None:
-        raise InvalidInputError(
-            "no input_ids: call model(inputs) with MMInputs from model.prepare(images, text), or "
-            "model(input_ids=..., pixel_values=..., attention_mask=...)."
-        )
-    if not isinstance(input_ids, Tensor):
-        raise InvalidInputError(
-            f"the model takes MMInputs or a tensor of token ids, not a {type(input_ids).__name__}: build "
-            "inputs with model.prepare(images, text) and call model(inputs)."
-        )
-    check_pixel_values(pixel_values)
-    check_attention_mask(attention_mask, input_ids)
-    return input_ids, pixel_values, attention_mask, image_sizes
-
-
-def _image_inputs(
-    inputs: MMInputs | Tensor | None, ids: Tensor | None, mask: Tensor | None, grid_thw: Tensor | None
-) -> dict[str, Tensor | None]:
-    """The image inputs beyond ``pixel_values`` from :class:`MMInputs` or the keyword tensors: the
-    Q-Former's instruction (InstructBLIP) and the patch grid of every image (Qwen2-VL)."""
-    if isinstance(inputs, MMInputs):
-        ids, mask, grid_thw = inputs.qformer_input_ids, inputs.qformer_attention_mask, inputs.image_grid_thw
-    return {"qformer_input_ids": ids, "qformer_attention_mask": mask, "image_grid_thw": grid_thw}

@@ -51,7 +51,7 @@ class Pair:
         return float(self.metric(run.logits[None])[0])
 
 
-def as_inputs(model, x: MMInputs | Sample, template: str = "vicuna_v1") -> tuple[MMInputs, Any]:
+def as_inputs(model, x: MMInputs | Sample, template: str = "auto") -> tuple[MMInputs, Any]:
     """Inputs and (for a sample) its image."""
     if isinstance(x, Sample):
         return sample_inputs(model, x, template), x.load_image()

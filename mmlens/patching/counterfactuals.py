@@ -303,7 +303,7 @@ def noise_box(image: Image.Image, box: tuple[int, int, int, int], std: float = 6
 
 
 def image_pair(model: Any, clean_image: Image.Image, corrupt_image: Image.Image, text: Any, *,
-               template: Any = "vicuna_v1", mark: Any = None) -> tuple[MMInputs, MMInputs]:
+               template: Any = "auto", mark: Any = None) -> tuple[MMInputs, MMInputs]:
     """Prepare the same prompt with two images and check that they line up.
 
     Raises:
@@ -317,7 +317,7 @@ def image_pair(model: Any, clean_image: Image.Image, corrupt_image: Image.Image,
 
 
 def text_pair(model: Any, image: Image.Image, text: str, old: str, new: str, *,
-              template: Any = "vicuna_v1") -> tuple[MMInputs, MMInputs]:
+              template: Any = "auto") -> tuple[MMInputs, MMInputs]:
     """The prompt with ``old`` and with ``new`` in its place (first occurrence), as aligned inputs.
 
     Both inputs get the group ``edited``: the positions of the replaced word.

@@ -47,7 +47,7 @@ def cam_hit_rate(
     tower: str = "decoder",
     variant: str | None = None,
     smooth: tuple[int, float] | None = None,
-    template: str = "vicuna_v1",
+    template: str = "auto",
     *,
     progress: bool = False,
     target_rows: str | None = None,

@@ -57,7 +57,7 @@ def cliff_layer(
     *,
     tolerance: float = 0.02,
     mode: str = "mask",
-    template: str = "vicuna_v1",
+    template: str = "auto",
     progress: bool = True,
     convention: str = "paper",
 ) -> CliffResult:

@@ -125,7 +125,7 @@ def check_options(args: argparse.Namespace, n_layers: int | None, n_vision: int 
         bad = sorted(set(get("types") or ()) - set(QUESTION_TYPES))
         _check(not bad, f"--types {bad}: unknown question type(s) of the shapes world; valid: {list(QUESTION_TYPES)}.")
     _check(get("types") is None or len(get("types")) > 0, "--types needs at least one question type (or leave it out).")
-    _check(get("template") is None or get("template") in TEMPLATES, f"--template {get('template')!r} is not registered; use one of {sorted(TEMPLATES)}.")
+    _check(get("template") in (None, "auto") or get("template") in TEMPLATES, f"--template {get('template')!r} is not registered; use 'auto' (the model family's own) or one of {sorted(TEMPLATES)}.")
     if get("window") is not None:
         top = f" and <= {n_layers}, the model's depth" if n_layers else ""
         _check(get("window") >= 1 and (not n_layers or get("window") <= n_layers), f"--window {get('window')}: the knockout window must be >= 1{top}.")
@@ -194,6 +194,10 @@ def prepare_command(args: argparse.Namespace) -> Prepared:
     check_options(args, n_layers, n_vision)
     label, policy = scaled_policy(args.policy, n_layers) if getattr(args, "policy", None) else (None, None)
     samples, skipped = read_samples(args.data, args.n, args.types, args.seed, lenient=getattr(args, "lenient", False))
+    if getattr(args, "template", None) == "auto":
+        from mmlens.studies.plan import model_config
+
+        args.template = model_config(str(path)).template  # the manifest records the template used
     manifest = run_manifest(args, path)
     if not getattr(args, "force", False):
         check_folder(args.out, manifest, partial=True)

@@ -20,7 +20,7 @@ def disruption_study(
     scope: str | None = None,
     mode: str | None = None,
     *,
-    template: str = "vicuna_v1",
+    template: str = "auto",
     top_k: int = 5,
     seed: int = 0,
     progress: bool = True,

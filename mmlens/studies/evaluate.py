@@ -56,7 +56,7 @@ def evaluate(
     prune: Any = None,
     *,
     policy: str | None = None,
-    template: str = "vicuna_v1",
+    template: str = "auto",
     max_new_tokens: int = 4,
     progress: bool = False,
     rerank_every_step: bool | None = None,

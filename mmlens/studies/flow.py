@@ -87,7 +87,7 @@ def run_flow_study(
     out: str | Path,
     *,
     window_size: int | None = None,
-    template: str = "vicuna_v1",
+    template: str = "auto",
     filter_correct: bool = False,
     progress: bool = True,
     force: bool = False,

@@ -20,7 +20,7 @@ def knockout_study(
     layers: Iterable[int] | None = None,
     *,
     filter_correct: bool = False,
-    template: str = "vicuna_v1",
+    template: str = "auto",
     progress: bool = True,
     fill: str | None = None,
     convention: str = "paper",

@@ -102,7 +102,7 @@ def regions(inputs: MMInputs, boxes: Sequence[tuple[int | float, ...]]) -> list[
 
 
 def patch_sample(
-    model: Any, sample: Sample, corrupt: str, hooks: Sequence[str], *, template: str = "vicuna_v1",
+    model: Any, sample: Sample, corrupt: str, hooks: Sequence[str], *, template: str = "auto",
     batch_size: int = 16, answers: tuple[int | str, int | str] | None = None,
 ) -> tuple[pd.DataFrame, str | None]:
     """One sample's rows (columns of :class:`PatchingStudyResult`), or no rows and why it was skipped.
@@ -136,7 +136,7 @@ def patching_study(
     corrupt: str = "recolour",
     hooks: Sequence[str] = ("resid_pre",),
     *,
-    template: str = "vicuna_v1",
+    template: str = "auto",
     batch_size: int = 16,
     answers: tuple[int | str, int | str] | None = None,
     progress: bool = True,

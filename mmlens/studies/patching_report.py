@@ -44,7 +44,7 @@ def summary_lines(result: PatchingStudyResult, skipped: pd.DataFrame, settings: 
 
 def write_outputs(
     folder: RunFolder, model: Any, samples: Sequence[Sample], tables: Mapping[str, pd.DataFrame], corrupt: str,
-    hooks: Sequence[str], settings: Mapping[str, Any], *, template: str = "vicuna_v1", batch_size: int = 16,
+    hooks: Sequence[str], settings: Mapping[str, Any], *, template: str = "auto", batch_size: int = 16,
 ) -> str:
     """Write the CSVs, figures and ``summary.md`` of a finished run; returns the summary text."""
     result = PatchingStudyResult(tables["patching"])

@@ -35,7 +35,7 @@ def write_report(
     log_lens: bool = True,
     model=None,
     example: Sample | None = None,
-    template: str = "vicuna_v1",
+    template: str = "auto",
     settings: Mapping[str, object] | None = None,
     records_skipped: int = 0,
 ) -> Path:
@@ -221,7 +221,7 @@ def example_layers(n_layers: int) -> list[int]:
     return sorted({0, n_layers // 3, 2 * n_layers // 3, n_layers - 1})
 
 
-def image_attention_example(model, sample: Sample, out: str | Path, template: str = "vicuna_v1") -> Path:
+def image_attention_example(model, sample: Sample, out: str | Path, template: str = "auto") -> Path:
     """Draw the last position's head-mean attention over the image at :func:`example_layers`, on
     one shared colour scale with a colour bar, into ``out/image_attention.png``; return its path."""
     inputs = sample_inputs(model, sample, template)

@@ -23,7 +23,7 @@ def saliency_study(
     *,
     target: str | None = None,
     vision_flows: str | None = None,
-    template: str = "vicuna_v1",
+    template: str = "auto",
     progress: bool = True,
     convention: str = "paper",
 ) -> SaliencyResult:

@@ -4,7 +4,10 @@ Single-view models show one panel, the model's square input in the original imag
 as grey margins, a centre crop as the visible part). Anyres models show two panels as the model
 sees them: the base view (the whole image squashed to the tower's input, its ``grid × grid``
 patches) and the tiles (their patches where they lie in the image, after un-padding), with a
-column of newline slots to the right of the tile grid, one per grid row.
+column of newline slots to the right of the tile grid, one per grid row. InternVL images cut
+into several tiles show the thumbnail (the whole image squashed to one tile) and the tiles where
+they lie in the image, each token drawn as the box of its 2×2 patches; a single-tile image is
+one panel.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from PIL import Image
 
 from mmlens.errors import MMLensError
-from mmlens.geometry import BASE, NEWLINE, AnyresGeometry, ResizedGeometry, ViewGeometry
+from mmlens.geometry import BASE, NEWLINE, AnyresGeometry, ResizedGeometry, TiledGeometry, ViewGeometry
 from mmlens.inputs import MMInputs
 
 PANEL_PX = 360  # longest side of a panel on screen (CSS pixels)
@@ -32,18 +35,19 @@ def token_labels(model, inputs: MMInputs, row: int = 0) -> list[str]:
     Single-view images: ``img(r,c)``. Anyres images (LLaVA-NeXT, LLaVA-OneVision): ``base(r,c)``
     for the base view, ``t{tile}(r,c)`` for a patch of tile ``tile`` (row-major over the tile
     grid), ``tiles(r,c)`` for a cell of a shrunk OneVision grid (it mixes several tiles'
-    patches), ``nl`` for a newline slot.
+    patches), ``nl`` for a newline slot. InternVL images of several tiles: ``base(r,c)`` for the
+    thumbnail's tokens, ``t{tile}(r,c)`` for a tile's.
     """
     toks = model.processor.tokenizer.convert_ids_to_tokens(inputs.input_ids[row].tolist())
     grid = inputs.image_grid
-    anyres = isinstance(grid.views[row], AnyresGeometry)
+    split = _two_panels(grid.views[row])
     labels = []
     for i, tok in enumerate(toks):
         if grid.image_index[row, i] < 0:
             labels.append(tok)
             continue
         kind, tile, r, c = (int(t[row, i]) for t in (grid.kind, grid.tile, grid.row, grid.col))
-        if not anyres:
+        if not split:
             labels.append(f"img({r},{c})")
         elif kind == NEWLINE:
             labels.append("nl")
@@ -72,8 +76,9 @@ def image_layout(model, inputs: MMInputs, row: int, image: Image.Image | None) -
     view = grid.views[row]
     if view is None:
         raise MMLensError(f"batch row {row} has no image: pick a row that holds one.")
-    anyres = isinstance(view, AnyresGeometry)
-    base = view.base if anyres else view
+    split = _two_panels(view)
+    tiled = isinstance(view, TiledGeometry)
+    base = view.base if split or tiled else view
     if image is None and isinstance(view, ResizedGeometry):
         raise MMLensError(
             "Qwen2-VL's pixel values are packed patches, not a picture to draw: pass the original image "
@@ -81,11 +86,13 @@ def image_layout(model, inputs: MMInputs, row: int, image: Image.Image | None) -
         )
     picture = _picture(model, inputs, row, base) if image is None else image.convert("RGB")
     w, h = base.width, base.height
-    # Qwen2-VL's resized image covers the whole original image; its tokens are drawn by their boxes.
-    whole = anyres or isinstance(view, ResizedGeometry)
+    # Qwen2-VL's resized image and InternVL's views cover the whole original image; their tokens
+    # are drawn by their boxes.
+    whole = split or tiled or isinstance(view, ResizedGeometry)
     base_extent = (0.0, 0.0, float(w), float(h)) if whole else _view_extent(base)
-    extents = [base_extent] + ([(0.0, 0.0, w * (1 + GUTTER), float(h))] if anyres else [])
-    names = ["base view", "tiles"] if anyres else ["image (as the model sees it)"]
+    gutter = GUTTER if isinstance(view, AnyresGeometry) else 0.0  # InternVL has no newline slots
+    extents = [base_extent] + ([(0.0, 0.0, w * (1 + gutter), float(h))] if split else [])
+    names = (["thumbnail", "tiles"] if tiled else ["base view", "tiles"]) if split else ["image (as the model sees it)"]
     panels = [_panel(name, picture, ext, w, h, len(extents)) for name, ext in zip(names, extents)]
 
     tok = model.processor.tokenizer
@@ -102,18 +109,24 @@ def image_layout(model, inputs: MMInputs, row: int, image: Image.Image | None) -
             entry["k"] = "special" if ids[i] in special else "text"
             entry["t"] = (" " if spaced and entry["k"] == "text" else "") + entry["t"]
         else:
-            entry.update(_image_position(grid, row, i, base, anyres, extents))
+            entry.update(_image_position(grid, row, i, base, split, extents))
         pos.append(entry)
-    if anyres:
+    if isinstance(view, AnyresGeometry):
         _place_newlines(pos, extents[1])
     return pos, panels
 
 
-def _image_position(grid, row: int, i: int, base: ViewGeometry | ResizedGeometry, anyres: bool, extents: list) -> dict:
+def _two_panels(view: object) -> bool:
+    """Whether an image is drawn as a base view (or thumbnail) panel beside a tiles panel."""
+    return isinstance(view, AnyresGeometry) or isinstance(view, TiledGeometry) and view.n_tiles > 1
+
+
+def _image_position(grid, row: int, i: int, base: ViewGeometry | ResizedGeometry, split: bool, extents: list) -> dict:
     kind, r, c = int(grid.kind[row, i]), int(grid.row[row, i]), int(grid.col[row, i])
     if kind == NEWLINE:
         return {"k": "nl", "p": 1}
-    if kind == BASE and r >= 0 and isinstance(base, ViewGeometry):  # unclipped: pad-to-square margins get their patches too
+    # Unclipped: pad-to-square margins get their patches too. InternVL's thumbnail tokens (2×2 patches) take their boxes.
+    if kind == BASE and r >= 0 and isinstance(base, ViewGeometry) and not isinstance(grid.views[row], TiledGeometry):
         box = (
             (c * base.patch + base.offset_x) / base.scale_x,
             (r * base.patch + base.offset_y) / base.scale_y,
@@ -124,7 +137,8 @@ def _image_position(grid, row: int, i: int, base: ViewGeometry | ResizedGeometry
     box = grid.boxes[row, i].tolist()
     if any(math.isnan(v) for v in box):
         return {"k": "pad"}
-    return {"k": "img", "p": 1 if anyres else 0, "b": _fractions(box, extents[1 if anyres else 0])}
+    panel = int(split and kind != BASE)  # InternVL: thumbnail tokens on the first panel, tiles on the second
+    return {"k": "img", "p": panel, "b": _fractions(box, extents[panel])}
 
 
 def _place_newlines(pos: list[dict], extent: tuple) -> None:
@@ -172,7 +186,10 @@ def _panel(name: str, picture: Image.Image, extent, w: int, h: int, n_panels: in
 
 def _picture(model, inputs: MMInputs, row: int, base: ViewGeometry) -> Image.Image:
     """The model's base-view input, un-normalised and mapped back onto the original image's frame."""
-    n = sum(v is not None for v in inputs.image_grid.views[:row])
+    views = inputs.image_grid.views
+    n = sum(v is not None for v in views[:row])
+    if isinstance(views[row], TiledGeometry):  # InternVL: every image's views stacked, its thumbnail last
+        n = sum(v.n_views for v in views[:row] if v is not None) + views[row].base_view
     px = inputs.pixel_values[n].detach().float().cpu()
     px = px[0] if px.dim() == 4 else px  # anyres: the base view comes first
     proc = getattr(model.processor, "image_processor", None)

@@ -14,10 +14,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, no_type_check
 
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import InternVLProcessor, PreTrainedTokenizerFast
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
+from mmlens.zoo.tiny_parts import word_level_backend
 from mmlens.zoo.tokenizer import CLIP_MEAN, CLIP_STD
 
 IMG_CONTEXT = "<IMG_CONTEXT>"
@@ -62,11 +62,7 @@ class InternVLImagesProcessor(InternVLProcessor):
 
 def build_internvl_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
     """A word-level fast tokenizer over ``words`` with InternVL's special tokens (left padding)."""
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*SPECIAL_TOKENS, *words]))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
+    backend = word_level_backend([*SPECIAL_TOKENS, *words])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",

@@ -12,13 +12,15 @@ from typing import Any
 import torch
 import transformers
 
+from mmlens.zoo.tiny_parts import DECODER_CONFIGS, decoder_config, randomise
+
+__all__ = [
+    "DECODER_CONFIGS", "IMAGE_TOKEN_ID", "MODEL_CLASSES", "ONEVISION_PINPOINTS", "VISION_CONFIGS", "save_tiny_checkpoint",
+    "tiny_internvl_config", "tiny_llava", "tiny_llava_config", "tiny_llava_next_config", "tiny_onevision_config",
+]
+
 IMAGE_TOKEN_ID = 4  # "<image>" in the zoo's word-level tokenizer
 
-DECODER_CONFIGS = {
-    "llama": transformers.LlamaConfig,
-    "mistral": transformers.MistralConfig,
-    "qwen2": transformers.Qwen2Config,
-}
 VISION_CONFIGS = {
     "clip": transformers.CLIPVisionConfig,
     "siglip": transformers.SiglipVisionConfig,
@@ -47,17 +49,8 @@ def tiny_llava_config(
     **decoder_kwargs: Any,
 ) -> transformers.LlavaConfig:
     """A ``LlavaConfig`` small enough to run in milliseconds on a CPU."""
-    text = DECODER_CONFIGS[decoder](
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=d_mlp,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads or n_heads,
-        max_position_embeddings=2048,
-        tie_word_embeddings=tie_word_embeddings,
-        **decoder_kwargs,
-    )
+    text = decoder_config(decoder, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                          n_kv_heads=n_kv_heads, d_mlp=d_mlp, tie_word_embeddings=tie_word_embeddings, **decoder_kwargs)
     vis = VISION_CONFIGS[vision](
         hidden_size=vision_d_model,
         intermediate_size=2 * vision_d_model,
@@ -138,17 +131,8 @@ def tiny_internvl_config(
     """
     from mmlens.zoo.internvl_processor import IMAGE_TOKEN_ID as INTERNVL_IMAGE_TOKEN_ID
 
-    text = DECODER_CONFIGS[decoder](
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=d_mlp,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads or n_heads,
-        max_position_embeddings=2048,
-        tie_word_embeddings=tie_word_embeddings,
-        **decoder_kwargs,
-    )
+    text = decoder_config(decoder, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                          n_kv_heads=n_kv_heads, d_mlp=d_mlp, tie_word_embeddings=tie_word_embeddings, **decoder_kwargs)
     vis = transformers.InternVLVisionConfig(
         hidden_size=vision_d_model,
         intermediate_size=2 * vision_d_model,
@@ -179,20 +163,10 @@ MODEL_CLASSES = {
 
 
 def tiny_llava(config: transformers.PretrainedConfig, seed: int = 0) -> transformers.PreTrainedModel:
-    """A randomly initialised model; weights are rescaled so activations are not vanishingly small."""
+    """A randomly initialised model; weights are rescaled (:func:`~mmlens.zoo.tiny_parts.randomise`) so
+    activations are not vanishingly small."""
     torch.manual_seed(seed)
-    model = MODEL_CLASSES[type(config)](config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2 and "embed" not in name:
-                p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim == 2 else 0.05)
-            elif p.ndim == 1 and ("norm" in name and name.endswith("weight") or "lambda" in name):
-                p.uniform_(0.5, 1.5)
-            elif p.ndim == 1:
-                p.normal_(0.0, 0.1)
-            else:
-                p.normal_(0.0, 1.0)
-    return model
+    return randomise(MODEL_CLASSES[type(config)](config).eval())
 
 
 def save_tiny_checkpoint(directory: str | Path, config: transformers.PretrainedConfig | None = None, seed: int = 0) -> Path:

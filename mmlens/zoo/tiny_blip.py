@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import transformers
 
+from mmlens.zoo.tiny_parts import decoder_config
+
 IMAGE_TOKEN_ID = 4  # "<image>" in the zoo's word-level tokenizer, as for the LLaVA checkpoints
 
 
@@ -39,16 +41,8 @@ def tiny_instructblip_config(
 ) -> transformers.InstructBlipConfig:
     """An ``InstructBlipConfig`` with a Llama decoder; 3 Q-Former layers with cross-attention in
     layers 0 and 2 (``cross_attention_frequency=2``), so both kinds of Q-Former layer are tested."""
-    text = transformers.LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=d_mlp,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads or n_heads,
-        max_position_embeddings=2048,
-        **decoder_kwargs,
-    )
+    text = decoder_config("llama", vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                          n_kv_heads=n_kv_heads, d_mlp=d_mlp, **decoder_kwargs)
     vision = transformers.InstructBlipVisionConfig(
         hidden_size=vision_d_model,
         intermediate_size=2 * vision_d_model,

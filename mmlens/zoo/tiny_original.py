@@ -18,6 +18,7 @@ import transformers
 from safetensors.torch import save_file
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from mmlens.zoo.tiny_parts import decoder_config, randomise
 from mmlens.zoo.tokenizer import CLIP_MEAN, CLIP_STD, build_tokenizer
 
 # Shikra's tokens, added after the vocabulary in this order by its released code.
@@ -172,17 +173,15 @@ def save_tiny_linear(
     elif im_start_end:
         tokenizer.add_tokens(list(SHIKRA_TOKENS[1:]), special_tokens=True)
     torch.manual_seed(seed)
-    text = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-    )
+    text = decoder_config("llama", vocab_size=len(tokenizer), d_model=d_model, n_layers=n_layers, n_heads=4,
+                          n_kv_heads=2, d_mlp=2 * d_model, max_position_embeddings=1024)
     vision = transformers.CLIPVisionConfig(
         hidden_size=vision_d_model, intermediate_size=2 * vision_d_model, num_hidden_layers=vision_layers,
         num_attention_heads=4, image_size=image_size, patch_size=patch_size,
     )
-    lm = _randomise(transformers.LlamaForCausalLM(text).eval())
-    tower = _randomise(transformers.CLIPVisionModel(vision).eval())
-    proj = _randomise(torch.nn.Linear(vision_d_model, d_model))
+    lm = randomise(transformers.LlamaForCausalLM(text).eval())
+    tower = randomise(transformers.CLIPVisionModel(vision).eval())
+    proj = randomise(torch.nn.Linear(vision_d_model, d_model))
     state = {k: v.contiguous() for k, v in lm.state_dict().items()}
     state |= {f"model.mm_projector.{k}": v for k, v in proj.state_dict().items()}
     fields = {
@@ -197,19 +196,6 @@ def save_tiny_linear(
         fields |= {"mm_projector_type": "linear", "mm_vision_select_feature": "patch", "image_aspect_ratio": "square"}
     _write(Path(directory), original_config(text, architecture, **fields), state, tokenizer)
     return Path(directory), save_clip_tower(tower, clip_directory)
-
-
-def _randomise(module: torch.nn.Module) -> torch.nn.Module:
-    """Weights of a size that keeps activations of a random tiny model far from zero."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2 and "embed" not in name:
-                p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim == 2 else 0.05)
-            elif p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0.0, 0.1 if p.ndim == 1 else 1.0)
-    return module
 
 
 def _write(directory: Path, config: dict[str, Any], state: dict[str, torch.Tensor], tokenizer: Any) -> None:

@@ -16,10 +16,10 @@ from typing import Any, no_type_check
 
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from mmlens.zoo.tiny_parts import word_level_backend
 from mmlens.zoo.tokenizer import CLIP_MEAN, CLIP_STD
 
 IMAGE_PAD = "<|image_pad|>"
@@ -146,11 +146,7 @@ class Qwen2VLImagesProcessor(Qwen2VLProcessor):
 
 def build_qwen_vl_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
     """A word-level fast tokenizer over ``words`` with Qwen2-VL's special tokens (left padding, no BOS)."""
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*SPECIAL_TOKENS, *words, *CHAT_WORDS]))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
+    backend = word_level_backend([*SPECIAL_TOKENS, *words, *CHAT_WORDS])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens={"image_token": IMAGE_PAD, "video_token": "<|video_pad|>"}, padding_side="left",

@@ -16,9 +16,11 @@ from __future__ import annotations
 from os import PathLike
 from typing import Sequence
 
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import processors
 from transformers import LlavaProcessor, PreTrainedTokenizerFast
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from mmlens.zoo.tiny_parts import word_level_backend
 
 UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 SPECIAL_TOKENS: tuple[str, ...] = (UNK, BOS, EOS, PAD, IMAGE)
@@ -42,13 +44,9 @@ def build_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
     Returns:
         The tokenizer, with offsets mapping support and ``image_token`` set to ``<image>``.
     """
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*SPECIAL_TOKENS, *words]))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
+    backend = word_level_backend([*SPECIAL_TOKENS, *words], UNK)
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, backend.token_to_id(BOS))]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
