@@ -45,7 +45,7 @@ def measure(model, samples, window: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     tok = model.processor.tokenizer
     for i, sample in enumerate(samples):
         inputs = sample_inputs(model, sample)
-        ko = knockout_sweep(model, inputs, FLOWS, window_size=window).to_dataframe()
+        ko = knockout_sweep(model, inputs, FLOWS, window_size=window, allow_empty=True).to_dataframe()  # Exist: no related
         correct = bool(ko["token"].iloc[0] == tok.convert_tokens_to_ids(sample.answer))
         tags = {"sample": i, "task": sample.task, "correct": correct}
         knock.append(ko.assign(**tags))
