@@ -245,8 +245,8 @@ class VLMConfig:
         if self.vision.packed:
             raise UnsupportedArchitectureError(
                 "Qwen2-VL / Qwen2.5-VL images have no fixed number of image tokens: each image gets "
-                "t·h·w / merge_size² of them for its patch grid (image_grid_thw, from the processor), so "
-                "estimates that assume one count per image (the memory planner) do not apply."
+                "t·h·w / merge_size² of them for its patch grid (image_grid_thw, from the processor); "
+                "the memory planner counts one image of a given size (mmlens plan --image-size WxH)."
             )
         if self.qformer is not None:
             return self.qformer.n_queries

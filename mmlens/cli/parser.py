@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--prompt-len", type=int, default=None, help="positions per prompt, image tokens included (default: one image + 64)")
     plan.add_argument("--question-len", type=int, default=24, help="positions from the question to the end of the prompt")
     plan.add_argument("--device-memory", type=float, default=80.0, help="GiB per device")
+    plan.add_argument("--image-size", default=None, metavar="WxH", help="Qwen2-VL / Qwen2.5-VL: the image, resized by "
+                      "the processor's rule, sets the image-token count (default: 448x448); other models: leave it out")
     plan.set_defaults(func=tools.plan)
     return parser
 

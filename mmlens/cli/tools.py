@@ -59,8 +59,13 @@ def convert(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     from mmlens.studies.plan import GIB, make_plan, model_config
+    from mmlens.studies.plan_image import parse_image_size, planned_image
+    from mmlens.zoo.registry import resolve_model_name
 
-    plan = make_plan(model_config(args.model), dtype=args.dtype, prompt_len=args.prompt_len, study=args.study,
-                     n=args.n, device_memory=int(args.device_memory * GIB), question_len=args.question_len)
+    size = parse_image_size(args.image_size) if args.image_size is not None else None  # before any file is read
+    cfg = model_config(args.model)
+    image = planned_image(resolve_model_name(args.model), cfg, size)  # packed towers: tokens follow the image's size
+    plan = make_plan(cfg, dtype=args.dtype, prompt_len=args.prompt_len, study=args.study, n=args.n,
+                     device_memory=int(args.device_memory * GIB), question_len=args.question_len, image=image)
     print("\n".join(plan.lines()))
     return 0

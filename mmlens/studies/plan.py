@@ -2,7 +2,9 @@
 
 Everything comes from the checkpoint's config (no weights are read) and documented formulas.
 All memory figures are in bytes for one prompt of ``prompt_len`` positions (image tokens
-included) at batch 1 unless stated.
+included) at batch 1 unless stated. A packed tower (Qwen2-VL, Qwen2.5-VL) gives an image as many
+tokens as its size asks: the plan resizes one image of a given size by the processor's rule
+(:func:`mmlens.studies.plan_image.packed_image`) and counts its patches and tokens.
 
 Formulas (decoder width ``d``, heads ``H`` of width ``dh``, key/value heads ``Hkv``, MLP width
 ``d_mlp``, vocabulary ``V``, ``P`` positions, batch ``b``, element size ``e``):
@@ -33,6 +35,8 @@ import torch
 
 from mmlens.analysis.knockout_sweep import PAPER_FLOWS
 from mmlens.config import DecoderConfig, VLMConfig
+from mmlens.errors import MMLensError
+from mmlens.geometry import ResizedGeometry
 from mmlens.interventions.knockout import paper_window_size, window
 
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
@@ -164,6 +168,7 @@ class Plan:
         device_memory: Bytes per device assumed when counting devices.
         devices: Devices of ``device_memory`` that hold the weights and the study's peak.
         study: Study name (or None) and its per-sample and total forward counts.
+        image: The planned image of a packed tower (None: a fixed count per image).
     """
 
     parameters: dict[str, int]
@@ -174,6 +179,16 @@ class Plan:
     device_memory: int
     devices: int
     study: dict = field(default_factory=dict)
+    image: ResizedGeometry | None = None
+
+    def image_lines(self) -> list[str]:
+        """The planned image of a packed tower, as one line (none for a fixed count)."""
+        im = self.image
+        if im is None:
+            return []
+        patches = im.n_tokens * im.merge**2
+        return [f"image {im.width}x{im.height} px, resized by the processor to {im.resized_width}x{im.resized_height}: "
+                f"{patches:,} patches, {im.n_tokens:,} image tokens"]  # fmt: skip
 
     def lines(self) -> list[str]:
         """The plan as the lines ``mmlens plan`` prints."""
@@ -181,6 +196,7 @@ class Plan:
         p = self.parameters
         out = [
             f"parameters: {p['total']:,} (vision {p['vision']:,}, projector {p['projector']:,}, decoder {p['decoder']:,})",
+            *self.image_lines(),
             f"weights ({self.dtype}): {gib(self.weight_bytes)}",
             f"peak activations, one prompt of {self.prompt_len} positions: forward {gib(self.activation_bytes['forward'])}, "
             f"with attention patterns {gib(self.activation_bytes['forward_with_patterns'])}, "
@@ -206,8 +222,6 @@ def study_cost(name: str, cfg: VLMConfig, layout: Layout, window_size: int | Non
     Raises:
         MMLensError: an unknown study.
     """
-    from mmlens.errors import MMLensError
-
     n, p = cfg.decoder.n_layers, layout.prompt_len
     generate_calls, generate_work = GENERATE_TOKENS, 1 + (GENERATE_TOKENS - 1) / p
     sweep = knockout_cost(n, layout, PAPER_FLOWS, window_size)
@@ -260,6 +274,7 @@ def make_plan(
     n: int = 1,
     device_memory: int = 80 * GIB,
     question_len: int = 24,
+    image: ResizedGeometry | None = None,
 ) -> Plan:
     """Estimate a model's and a study's needs from its config.
 
@@ -272,23 +287,27 @@ def make_plan(
         device_memory: Bytes per device.
         question_len: Positions from the question's first token to the end (the text after the
             image), for the knockout sweep's reuse.
+        image: For a packed tower (Qwen2-VL), the image whose tokens and patches are counted
+            (:func:`~mmlens.studies.plan_image.packed_image`); None for a tower with a fixed count per image.
 
     Raises:
-        MMLensError: an unknown dtype or study, or a prompt shorter than its image.
+        MMLensError: an unknown dtype or study, a prompt shorter than its image, or a packed
+            tower without ``image``.
     """
-    from mmlens.errors import MMLensError
-
+    if cfg.vision.packed and image is None:
+        raise MMLensError(f"{cfg.architecture} gives an image as many tokens as its size asks: pass image="
+                          "packed_image(cfg, width, height) (mmlens plan --image-size WxH).")  # fmt: skip
     if dtype not in DTYPE_BYTES:
         raise MMLensError(f"dtype must be one of {sorted(DTYPE_BYTES)}, not {dtype!r}.")
     e = DTYPE_BYTES[dtype]
-    n_image = cfg.image_seq_length
+    n_image = image.n_tokens if image is not None else cfg.image_seq_length
     prompt_len = n_image + 64 if prompt_len is None else prompt_len
     if prompt_len <= question_len:
         raise MMLensError(f"prompt_len={prompt_len} is too short: give more than question_len={question_len} positions.")
     params = count_parameters(cfg)
     acts = decoder_activation_bytes(cfg.decoder, prompt_len, e)
     v = cfg.vision
-    v_pos = v.n_patches + int(v.has_cls)
+    v_pos = image.n_tokens * image.merge**2 if image is not None else v.n_patches + int(v.has_cls)
     acts["vision"] = (v_pos * (3 * v.d_model + (v.n_heads + 2 * v.n_kv_heads) * v.d_head + 3 * v.d_mlp)) * e
     layout = Layout(prompt_len, prompt_len - question_len)
     cost = study_cost(study, cfg, layout) if study else {}
@@ -303,4 +322,4 @@ def make_plan(
     if cost:
         study_info = {k: cost[k] for k in ("name", "calls_per_sample", "full_forwards_per_sample")}
         study_info.update(n=n, calls=cost["calls_per_sample"] * n)
-    return Plan(params, dtype, params["total"] * e, acts, prompt_len, device_memory, devices, study_info)
+    return Plan(params, dtype, params["total"] * e, acts, prompt_len, device_memory, devices, study_info, image)

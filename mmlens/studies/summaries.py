@@ -1,5 +1,5 @@
-"""``summary.md`` of the gradient and disruption studies: what each figure shows, over how many
-samples, which samples were left out and why, and the numbers of the tables written beside it.
+"""``summary.md`` of the gradient, disruption and accuracy commands: what each figure shows, over
+how many samples, which samples were left out and why, and the numbers of the tables written beside it.
 
 The flow study has its own report (:mod:`mmlens.studies.report`); the pieces shared with it
 (settings, the sample count with what was skipped) live here. Every number a summary prints is
@@ -228,4 +228,73 @@ def disruption_summary(
     lines += markdown_table(per_layer, {"label_consistency": ".3f", "score_consistency": ".3f", "E": ".3f"})
     lines += ["## D = log(E_vv / E_vt) per layer", ""]
     lines += markdown_table(d, {"E_vv": ".3f", "E_vt": ".3f", "D": ".3f"})
+    return "\n".join(lines).rstrip() + "\n"
+
+
+ACCURACY_FORMATS = {"mean": ".3f"}
+"""How ``summary.md`` prints ``accuracy.csv`` (mean score per policy and task)."""
+
+PRUNE_EVAL_FORMATS = {"accuracy": ".3f", "flops_estimate": ".4g", "flops_exact": ".4g", "prefill_ms": ".2f",
+                      "flops_estimate_ratio": ".3f", "flops_exact_ratio": ".3f", "latency_ratio": ".3f"}  # fmt: skip
+"""How ``summary.md`` prints ``prune_eval.csv``."""
+
+
+def eval_summary(
+    table: pd.DataFrame,
+    *,
+    n: int,
+    skipped: Mapping[str, int],
+    settings: Mapping[str, object] | None = None,
+    records_skipped: int = 0,
+) -> str:
+    """The ``summary.md`` of ``mmlens eval``.
+
+    Args:
+        table: ``accuracy.csv`` (policy, task, mean score, n), as written.
+        n: Samples of the dataset the filters ran on.
+        skipped: Reason → samples a filter dropped for it (``--pseudo-filter``, ``--filter-correct``).
+        settings: Run settings listed at the top.
+        records_skipped: Records ``--lenient`` dropped.
+
+    References: "Cross-modal Information Flow" §4 (correct answers only); "Unraveling the Shift"
+    App. B (the pseudo-multimodal filter).
+    """
+    used = n - sum(skipped.values())
+    lines = head_lines("Accuracy", settings) + samples_lines(n, skipped, records_skipped)
+    lines += ["## Figures", "",
+              f"- `accuracy.png`: mean score per question type, one bar per policy; n = {used} samples in all "
+              "(per type: the n column below).", "",
+              "## Mean score per policy and question type", "",
+              "Score: the sample's own metric in [0, 1] (exact match, VQA accuracy, a parsed option or yes/no).", ""]  # fmt: skip
+    lines += markdown_table(table, ACCURACY_FORMATS)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def prune_eval_summary(
+    table: pd.DataFrame,
+    *,
+    n: int,
+    n_text: int,
+    n_image: int,
+    settings: Mapping[str, object] | None = None,
+    records_skipped: int = 0,
+) -> str:
+    """The ``summary.md`` of ``mmlens prune-eval``.
+
+    Args:
+        table: ``prune_eval.csv`` (one row for the baseline, one for the policy), as written.
+        n: Samples scored (prune-eval filters none).
+        n_text: Text positions of the prompt the FLOPs and the latency were measured on.
+        n_image: Image positions of that prompt.
+        settings: Run settings listed at the top.
+        records_skipped: Records ``--lenient`` dropped.
+
+    References: "Unraveling the Shift" §4 (FLOPs and latency of FastV / HiMAP).
+    """
+    lines = head_lines("Accuracy and cost of a pruning policy", settings) + samples_lines(n, {}, records_skipped)
+    lines += ["## Accuracy, FLOPs and prefill latency", "",
+              f"Accuracy: share of the n = {n} samples answered correctly. FLOPs of one prefill of the first sample's "
+              f"prompt ({n_text} text + {n_image} image positions): the papers' estimate and the exact count; "
+              "prefill_ms: median prefill time of that prompt (a timing: it differs run to run).", ""]  # fmt: skip
+    lines += markdown_table(table, PRUNE_EVAL_FORMATS)
     return "\n".join(lines).rstrip() + "\n"

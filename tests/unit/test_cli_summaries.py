@@ -110,3 +110,55 @@ def test_records_lenient_skipped_are_in_the_summary(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "Samples: n = 2 used of 2; skipped: none of 2 samples. Before that, --lenient skipped 1 malformed record(s)" in summary
     assert len(pd.read_csv(out / "skipped.csv")) == 1
+
+
+def test_eval_summary_counts_what_each_filter_dropped(tmp_path, capsys):
+    from mmlens import HookedVLM
+    from mmlens.data.readers import load_dataset
+    from mmlens.inputs import answer_without_image, score
+    from mmlens.studies import evaluate
+    from mmlens.zoo.registry import resolve_model_name
+    from tests.unit.test_cli_errors import pope, q
+
+    # One image and one question, half the labels "yes": the model gives every sample the same answer
+    # (with the image and without it), so each filter drops exactly the two whose label it misses.
+    data = pope(tmp_path / "pope", ["{oops", *[q(i, label=label) for i, label in enumerate(["yes", "no", "yes", "no"])]])
+    model = HookedVLM.from_pretrained(resolve_model_name("tiny-random"))
+    samples = list(load_dataset(data, lenient=True))
+    blind = {s.id for s in samples if score(s, answer_without_image(model, s, "vicuna_v1")) >= 1}
+    wrong = set(evaluate(model, samples, template="vicuna_v1").frame.query("not correct")["sample"])
+    assert len(blind) == len(wrong) == 2
+    base = ["eval", "--model", "tiny-random", "--data", data, "--lenient", "--n", "4"]
+    for flag, dropped, why in (("--pseudo-filter", blind, "answered correctly without the image: --pseudo-filter"),
+                               ("--filter-correct", wrong, "answered wrongly: --filter-correct")):
+        out = tmp_path / flag
+        assert main([*base, flag, "--policy", "fastv:1,0.5", "--out", str(out)]) == 0
+        summary = (out / "summary.md").read_text()
+        assert summary in capsys.readouterr().out
+        assert set(pd.read_csv(out / "filtered.csv")["sample"]) == dropped
+        assert set(pd.read_csv(out / "predictions.csv")["sample"]) == {s.id for s in samples} - dropped
+        assert (f"Samples: n = 2 used of 4; skipped: 2 of 4 samples ({why}). Before that, --lenient skipped 1 "
+                "malformed record(s)") in summary  # fmt: skip
+        assert "template = vicuna_v1" in summary and "policy = fastv:1,0.5" in summary  # 'auto' as resolved
+        csv = pd.read_csv(out / "accuracy.csv")
+        rows = table(summary, "## Mean score per policy and question type")
+        assert rows["policy"].tolist() == csv["policy"].tolist() and rows["task"].tolist() == csv["task"].tolist()
+        assert rows["mean"].tolist() == [f"{x:.3f}" for x in csv["mean"]]
+        assert rows["n"].astype(int).tolist() == csv["n"].tolist() == [2, 2]
+
+
+def test_prune_eval_summary_is_its_csv(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["prune-eval", *DATA, "--n", "2", "--policy", "fastv:1,0.5", "--repeats", "1", "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert summary in capsys.readouterr().out
+    assert "Samples: n = 2 used of 2; skipped: none of 2 samples." in summary
+    assert "template = vicuna_v1" in summary and "policy = fastv:1,0.5" in summary
+    csv = pd.read_csv(out / "prune_eval.csv")
+    rows = table(summary, "## Accuracy, FLOPs and prefill latency")
+    assert rows["policy"].tolist() == csv["policy"].tolist() == ["baseline", "fastv:1,0.5"]
+    for column, spec in (("accuracy", ".3f"), ("flops_estimate", ".4g"), ("flops_exact", ".4g"), ("prefill_ms", ".2f"),
+                         ("flops_exact_ratio", ".3f"), ("latency_ratio", ".3f")):
+        assert rows[column].tolist() == [format(x, spec) for x in csv[column]], column
+    preds = pd.read_csv(out / "predictions.csv")
+    assert csv["accuracy"].tolist() == [preds.query("policy == @p")["correct"].mean() for p in csv["policy"]]
