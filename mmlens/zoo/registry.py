@@ -9,6 +9,7 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 
 MODELS: dict[str, Path] = {
     "shapes-llava": CHECKPOINTS / "shapes-llava",
+    "shapes-llava-deep": CHECKPOINTS / "shapes-llava-deep",
 }
 
 TINY_RANDOM = "tiny-random"

@@ -1,5 +1,5 @@
-"""The shipped shapes-llava checkpoint: it exists, it answers held-out questions, and mmlens runs it
-exactly as Hugging Face does.
+"""The shipped shapes checkpoints (shapes-llava, shapes-llava-deep): each exists, answers held-out
+questions, and mmlens runs it exactly as Hugging Face does.
 
 These tests fail (never skip) when the packaged checkpoint is missing or broken, so a bad
 checkpoint cannot land.
@@ -23,13 +23,22 @@ PER_TYPE = 30
 """Held-out samples per question type in the unit-test set (split ``TEST_SPLIT``)."""
 
 
+SHIPPED = ("shapes-llava", "shapes-llava-deep")
+"""Every shapes checkpoint the package ships (a missing one fails, never skips)."""
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def name(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def checkpoint() -> Path:
-    path = Path(resolve_model_name("shapes-llava"))
-    assert path == MODELS["shapes-llava"]
+def checkpoint(name) -> Path:
+    path = Path(resolve_model_name(name))
+    assert path == MODELS[name]
     missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json")
                if not (path / f).exists()]  # fmt: skip
-    assert not missing, f"packaged shapes-llava checkpoint incomplete at {path}: missing {missing}"
+    assert not missing, f"packaged {name} checkpoint incomplete at {path}: missing {missing}"
     return path
 
 
@@ -44,9 +53,9 @@ def held_out():
     return shapes_dataset(PER_TYPE * len(QUESTION_TYPES), seed=TEST_SPLIT, types=QUESTION_TYPES)
 
 
-def test_checkpoint_fits_the_package_budget(checkpoint):
+def test_checkpoint_fits_the_package_budget(name, checkpoint):
     size = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
-    assert size <= 25 * 2**20, f"shapes-llava is {size / 2**20:.1f} MiB, over the 25 MiB budget"
+    assert size <= 25 * 2**20, f"{name} is {size / 2**20:.1f} MiB, over the 25 MiB budget"
 
 
 def test_held_out_accuracy_of_every_type_is_at_least_90_percent(hf_pair, held_out):
@@ -55,9 +64,9 @@ def test_held_out_accuracy_of_every_type_is_at_least_90_percent(hf_pair, held_ou
     assert not low, f"held-out accuracy below 90%: {low} (all: {acc})"
 
 
-def test_hooked_model_matches_hugging_face_logits_and_towers(checkpoint, hf_pair, held_out):
+def test_hooked_model_matches_hugging_face_logits_and_towers(name, checkpoint, hf_pair, held_out):
     hf, _ = hf_pair
-    model = HookedVLM.from_pretrained("shapes-llava")
+    model = HookedVLM.from_pretrained(name)
     for sample in held_out[:: PER_TYPE * 2]:
         inputs = sample_inputs(model, sample)
         with torch.no_grad():
@@ -78,8 +87,8 @@ def test_hooked_model_matches_hugging_face_logits_and_towers(checkpoint, hf_pair
             torch.testing.assert_close(cache["resid_pre", layer], ref.hidden_states[layer], **close)
 
 
-def test_hooked_model_answers_as_hugging_face_does(hf_pair, held_out):
-    model = HookedVLM.from_pretrained("shapes-llava")
+def test_hooked_model_answers_as_hugging_face_does(name, hf_pair, held_out):
+    model = HookedVLM.from_pretrained(name)
     samples = held_out[:: len(QUESTION_TYPES) + 1][:20]
     expected = predict_first_tokens(*hf_pair, samples)
     tok = model.processor.tokenizer

@@ -27,7 +27,8 @@ def test_estimate_is_the_directional_derivative(tiny, pair):
     est = attribution_patch(model, clean, corrupt, hook=["resid_pre", "z"], metric=metric, edited=edited)
     _, cc = model.run_with_cache(clean)
     _, xc = model.run_with_cache(corrupt)
-    base = float(metric(model(corrupt)[:, -1]))
+    with torch.no_grad():
+        base = float(metric(model(corrupt)[:, -1]))
     eps = 1e-2
     for site, layer, col, name in [("resid_pre", 1, 5, "hook_resid_pre"), ("resid_pre", 2, 20, "hook_resid_pre"),
                                    ("z", 1, 2, "attn.hook_z")]:
